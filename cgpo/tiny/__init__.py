@@ -1,0 +1,5 @@
+"""The embedded tiny default: a character tokenizer with a chat template, a small Llama policy warm-started
+by SFT on bundled synthetic tasks, and a small Llama reward model, all built locally without a network.
+
+``tiny:policy`` and ``tiny:reward`` in a config resolve to the cached build (see :mod:`cgpo.tiny.build`).
+"""
