@@ -24,7 +24,7 @@ import inspect
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar, Literal, NamedTuple
+from typing import Any, ClassVar, Literal, NamedTuple, TypeVar
 
 from cgpo.registry import Registry
 from cgpo.schema import build
@@ -35,6 +35,7 @@ FAILED = -1
 VERDICT_VALUES = (SATISFIED, VIOLATED, FAILED)
 
 JudgeKind = Literal["rule", "llm"]
+_J = TypeVar("_J", bound="Judge")
 
 
 class Verdict(NamedTuple):
@@ -122,17 +123,17 @@ class Judge(ABC):
         meta: Sequence[Mapping[str, Any]] = metadata if metadata is not None else [{}] * n
         try:
             verdicts = list(self.judge_batch(prompts, completions, meta))
-        except Exception as exc:  # a judge's own failure is -1 for the batch, never 0
+        except Exception as exc:  # noqa: BLE001 - a judge's own failure is -1 for the batch, never 0
             reason = f"{type(self).__name__} raised {type(exc).__name__}: {exc}"[:500]
             return [failed(reason)] * n
         if len(verdicts) != n:
             return [failed(f"{type(self).__name__} returned {len(verdicts)} verdicts for {n} samples")] * n
         return [_coerce(v, type(self).__name__) for v in verdicts]
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - an optional hook: judges without resources need not override it
         """Release worker processes, HTTP sessions or models. Safe to call twice."""
 
-    def __enter__(self) -> Judge:
+    def __enter__(self: _J) -> _J:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -247,7 +248,7 @@ def judge_function(
                 for p, c, m in zip(prompts, completions, metadata, strict=True):
                     try:
                         out.append(_from_plain(fn(p, c, m, **extra)))
-                    except Exception as exc:
+                    except Exception as exc:  # noqa: BLE001 - the user's function failing is -1, never 0
                         out.append(failed(f"{judge_name} raised {type(exc).__name__}: {exc}"[:500]))
                 return out
 

@@ -86,7 +86,7 @@ def _describe(tp: Any) -> str:
     return {bool: "a boolean", int: "an integer", float: "a number", str: "a string"}.get(tp, str(tp))
 
 
-def _convert(tp: Any, value: Any, path: KeyPath) -> Any:  # noqa: C901 - one branch per supported type
+def _convert(tp: Any, value: Any, path: KeyPath) -> Any:
     origin = get_origin(tp)
     if tp is Any:
         return value

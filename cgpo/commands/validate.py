@@ -1,0 +1,53 @@
+"""``cgpo validate FILE...``: check task YAMLs and run configs without loading any model."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+
+def add_parser(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "validate",
+        help="check task YAMLs and run configs",
+        description=(
+            "Check task YAMLs and run configs: keys, types, values, judge/optimizer/reward names and their "
+            "params, data files. Prints 'ok' per valid file; for an invalid one prints FILE: key.path: reason "
+            "and exits 2. Loads no model."
+        ),
+    )
+    parser.add_argument(
+        "files",
+        nargs="+",
+        metavar="FILE",
+        help="task YAMLs and/or run configs; with one file, KEY=VALUE overrides may follow (as for cgpo train)",
+    )
+    parser.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from cgpo.config import detect_kind, load_run_config, load_task_config
+    from cgpo.errors import ConfigError
+
+    files = [f for f in args.files if "=" not in f]
+    overrides = [f for f in args.files if "=" in f]
+    if overrides and len(files) != 1:
+        print("cgpo validate: key=value overrides need exactly one file", file=sys.stderr)
+        return 2
+    failed = 0
+    for file in files:
+        try:
+            kind = detect_kind(file)
+            if kind == "run":
+                config = load_run_config(file, overrides)
+                detail = f"run config, {len(config.tasks)} task{'s' if len(config.tasks) != 1 else ''}"
+            else:
+                task = load_task_config(file, overrides)
+                detail = f"task '{task.name}'"
+        except ConfigError as exc:
+            print(str(exc), file=sys.stderr)
+            failed += 1
+            continue
+        print(f"{file}: ok ({detail})")
+    return 2 if failed else 0

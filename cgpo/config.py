@@ -1,0 +1,759 @@
+"""Typed configuration: task YAMLs and run configs as frozen dataclasses.
+
+A **task** (``tasks/*.yaml``) is one subset of prompts with its own reward, mixture of judges, optimizer
+and sampling settings (CGPO paper §4.2). A **run config** (``configs/*.yaml``) names the policy, the
+reference model, the tasks (paths to task YAMLs, ``{include: path, <overrides>}``, or inline tasks), the
+training settings and the output directory.
+
+Loading (:func:`load_run_config`, :func:`load_task_config`) is strict: unknown keys are rejected with a
+did-you-mean, types are checked, value ranges are checked, judge / optimizer / reward-function names are
+resolved and their ``params`` validated against their own ``Params`` dataclasses, and data files must
+exist, all before any model loads. Every error is a :class:`cgpo.errors.ConfigError` naming the file,
+the key path inside it and the line.
+
+Paths: data files and task YAMLs are relative to the YAML file that names them; ``output_dir`` and model
+paths are relative to the working directory (as with ``from_pretrained``). ``tiny:policy`` and
+``tiny:reward`` name the embedded tiny default, built on first use.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import string
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from cgpo.errors import ConfigError
+from cgpo.schema import Invalid, KeyPath, SchemaError, build
+from cgpo.yamlio import SourcedDict, SourcedList, load_yaml, locate, set_override
+
+TINY_PREFIX = "tiny:"
+TINY_MODELS = ("policy", "reward")
+_NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+_DATA_SUFFIXES = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
+
+
+def _positive(key: str, value: float | None, *, allow_zero: bool = False) -> None:
+    if value is None:
+        return
+    if value < 0 or (value == 0 and not allow_zero):
+        raise Invalid(key, f"must be {'>= 0' if allow_zero else '> 0'}, got {value}")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Task configuration
+# ----------------------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class DataSource:
+    """Where a task's prompts come from: a local file (``path``) or a ``datasets`` dataset (``dataset``).
+
+    Args:
+        path: A local ``.jsonl``, ``.json``, ``.parquet`` or ``.csv`` file, relative to the YAML file.
+        dataset: A ``datasets`` name or local dataset folder, loaded with ``datasets.load_dataset``
+            (offline: it must already be in the local cache).
+        config: The dataset configuration name, if it has several.
+        split: Split to read; slicing such as ``train[:90%]`` is allowed.
+        limit: Keep only the first N rows (after slicing).
+    """
+
+    path: str | None = None
+    dataset: str | None = None
+    config: str | None = None
+    split: str = "train"
+    limit: int | None = None
+
+    def __post_init__(self) -> None:
+        if (self.path is None) == (self.dataset is None):
+            raise Invalid((), "give exactly one of 'path' (a local file) or 'dataset' (a datasets name)")
+        if self.path is not None and Path(self.path).suffix.lower() not in _DATA_SUFFIXES:
+            raise Invalid("path", f"unsupported file type; use one of {', '.join(sorted(_DATA_SUFFIXES))}")
+        if self.config is not None and self.path is not None:
+            raise Invalid("config", "only applies to 'dataset'")
+        _positive("limit", self.limit)
+
+    @property
+    def builder(self) -> str:
+        """The ``datasets`` builder that reads ``path`` (``json``, ``parquet`` or ``csv``)."""
+        assert self.path is not None
+        return _DATA_SUFFIXES[Path(self.path).suffix.lower()]
+
+
+@dataclass(frozen=True)
+class PromptsConfig:
+    """A task's prompt set and how its columns map to prompts, gold responses and judge metadata.
+
+    Args:
+        train: Prompts drawn during training.
+        eval: Held-out prompts for ``cgpo eval``; none means the task is not evaluated.
+        prompt_field: Column holding the prompt text.
+        reference_field: Column holding a gold or preferred response a_bar (calibration baseline,
+            CRRAFT fallback), if any.
+        metadata_fields: Judge metadata key -> column, e.g. ``{answer: answer}`` for the math judge. A list
+            ``[answer, tests]`` means the same names on both sides.
+        shuffle: Draw prompts in a seeded random order (otherwise in file order).
+    """
+
+    train: DataSource
+    eval: DataSource | None = None
+    prompt_field: str = "prompt"
+    reference_field: str | None = None
+    metadata_fields: dict[str, str] = field(default_factory=dict)
+    shuffle: bool = True
+
+    def __post_init__(self) -> None:
+        for key in ("prompt", "reference"):
+            if key in self.metadata_fields:
+                raise Invalid(("metadata_fields", key), f"'{key}' is reserved; name the metadata key differently")
+
+    def columns(self) -> list[str]:
+        """Every column the task reads from its data."""
+        cols = [self.prompt_field, *self.metadata_fields.values()]
+        return cols + ([self.reference_field] if self.reference_field else [])
+
+
+@dataclass(frozen=True)
+class FormatConfig:
+    """How a record becomes the policy's input.
+
+    Args:
+        template: ``str.format`` template over ``prompt`` and the metadata keys, giving the user message.
+        chat: Wrap the message with the policy tokenizer's chat template (it must have one); otherwise
+            the formatted template is the raw prompt text.
+        system_prompt: Optional system message (chat only).
+    """
+
+    template: str = "{prompt}"
+    chat: bool = True
+    system_prompt: str | None = None
+
+    def __post_init__(self) -> None:
+        try:
+            fields_used = template_fields(self.template)
+        except ValueError as exc:
+            raise Invalid("template", f"not a valid format string: {exc}") from None
+        if "prompt" not in fields_used and not fields_used:
+            raise Invalid("template", "must use {prompt} or a metadata field")
+        if self.system_prompt is not None and not self.chat:
+            raise Invalid("system_prompt", "only applies when chat is true")
+
+
+def template_fields(template: str) -> set[str]:
+    """Top-level field names a ``str.format`` template uses (``{a.b}`` and ``{a[0]}`` count as ``a``)."""
+    names = set()
+    for _, field_name, _, _ in string.Formatter().parse(template):
+        if field_name is None:
+            continue
+        base = re.split(r"[.\[]", field_name, maxsplit=1)[0]
+        if not base or base.isdigit():
+            raise ValueError("use named fields such as {prompt}, not positional ones")
+        names.add(base)
+    return names
+
+
+@dataclass(frozen=True)
+class RewardConfig:
+    """A task's reward: a reward model, a named reward function, or none (the judges alone).
+
+    Args:
+        model: Path or hub id of a sequence-classification reward model (``num_labels=1``), or
+            ``tiny:reward``. Tasks naming the same model share one loaded instance.
+        function: A registered reward function (``cgpo list rewards``) or ``module:Class``.
+        params: Parameters of the reward function.
+        baseline: Source of the calibration baseline a_bar in sigmoid(r(s,a) - r(s,a_bar)) (eq. 5):
+            ``reference`` (the dataset's gold response, ``prompts.reference_field``), ``generated``
+            (generated once by the reference model and cached), or ``none`` (no calibration: r is used
+            as given, which suits rewards already in [0, 1]).
+        batch_size: Reward-model scoring batch size.
+        max_length: Truncate scored sequences to this many tokens (default: the model's limit).
+    """
+
+    model: str | None = None
+    function: str | None = None
+    params: dict[str, Any] = field(default_factory=dict)
+    baseline: Literal["reference", "generated", "none"] = "generated"
+    batch_size: int = 32
+    max_length: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.model is not None and self.function is not None:
+            raise Invalid("function", "give either 'model' or 'function', not both")
+        if self.params and self.function is None:
+            raise Invalid("params", "only applies to 'function'")
+        _positive("batch_size", self.batch_size)
+        _positive("max_length", self.max_length)
+
+    @property
+    def kind(self) -> Literal["model", "function", "none"]:
+        return "model" if self.model else "function" if self.function else "none"
+
+
+@dataclass(frozen=True)
+class JudgeSpec:
+    """One judge of a task's mixture.
+
+    Args:
+        name: A registered judge (``cgpo list judges``) or ``module:Class``.
+        params: The judge's parameters, checked against its ``Params``.
+        label: Name used in metrics (``task/<t>/judge/<label>/...``); defaults to ``name``. Needed when a
+            task uses the same judge twice.
+    """
+
+    name: str
+    params: dict[str, Any] = field(default_factory=dict)
+    label: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.label is not None and not _NAME_PATTERN.match(self.label):
+            raise Invalid("label", "use letters, digits, '_', '.' and '-'")
+
+    @property
+    def metric_label(self) -> str:
+        return self.label or self.name
+
+
+@dataclass(frozen=True)
+class OptimizerSpec:
+    """A task's optimizer: ``crpg``, ``crraft``, ``codpo``, a baseline, or a plugin, with hyperparameters."""
+
+    name: str
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class SamplingConfig:
+    """Generation settings for a task's training rollouts.
+
+    Args:
+        num_samples: K, responses per prompt.
+        temperature: Sampling temperature (> 0). Log-probs for the KL term are always taken at
+            temperature 1, so the KL estimate is unbiased whatever this is.
+        top_p: Nucleus sampling mass, in (0, 1].
+        top_k: Keep only the k most likely tokens (none: no limit).
+        max_new_tokens: Longest response in tokens.
+    """
+
+    num_samples: int = 4
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int | None = None
+    max_new_tokens: int = 64
+
+    def __post_init__(self) -> None:
+        _positive("num_samples", self.num_samples)
+        _positive("temperature", self.temperature)
+        if not 0.0 < self.top_p <= 1.0:
+            raise Invalid("top_p", f"must be in (0, 1], got {self.top_p}")
+        _positive("top_k", self.top_k)
+        _positive("max_new_tokens", self.max_new_tokens)
+
+
+@dataclass(frozen=True)
+class TaskConfig:
+    """One CGPO task: prompts, reward, mixture of judges, optimizer and per-task hyperparameters.
+
+    Args:
+        name: Identifier used in metrics and checkpoints (letters, digits, ``_ . -``).
+        description: Free text.
+        prompts: The prompt set and its column mapping.
+        format: How a record becomes the policy's input.
+        reward: Reward model, reward function or none.
+        judges: The mixture of judges (AND); empty means the unconstrained form of the optimizer.
+        on_judge_failure: What a judge's -1 means for training: ``exclude`` the sample (default),
+            count it as a ``violate``-ion, or ``stop`` the run.
+        optimizer: The task's optimizer and its hyperparameters.
+        sampling: Generation settings (K, temperature, top_p, max_new_tokens).
+        batch_size: B, prompts drawn from this task per step.
+        kl_threshold: KL_max, the per-sample log-ratio bound of CRPG and CRRAFT (eqs. 11, 17).
+        weight: rho, the weight of this task's gradient in the update (Algorithm 2).
+    """
+
+    name: str
+    prompts: PromptsConfig
+    optimizer: OptimizerSpec
+    description: str = ""
+    format: FormatConfig = field(default_factory=FormatConfig)
+    reward: RewardConfig = field(default_factory=RewardConfig)
+    judges: list[JudgeSpec] = field(default_factory=list)
+    on_judge_failure: Literal["exclude", "violate", "stop"] = "exclude"
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    batch_size: int = 8
+    kl_threshold: float | None = None
+    weight: float = 1.0
+
+    def __post_init__(self) -> None:
+        if not _NAME_PATTERN.match(self.name):
+            raise Invalid("name", "use letters, digits, '_', '.' and '-' (it becomes a metric name)")
+        _positive("batch_size", self.batch_size)
+        _positive("kl_threshold", self.kl_threshold)
+        _positive("weight", self.weight, allow_zero=True)
+        labels = [spec.metric_label for spec in self.judges]
+        for i, label in enumerate(labels):
+            if label in labels[:i]:
+                raise Invalid(("judges", i, "label"), f"judge label '{label}' is used twice; set a distinct label")
+        allowed = {"prompt", *self.prompts.metadata_fields}
+        unknown = template_fields(self.format.template) - allowed
+        if unknown:
+            raise Invalid(
+                ("format", "template"),
+                f"uses {', '.join(sorted(unknown))}, which is neither 'prompt' nor a metadata field "
+                f"({', '.join(sorted(allowed))}); add it to prompts.metadata_fields",
+            )
+        if self.reward.baseline == "reference" and self.reward.kind != "none" and not self.prompts.reference_field:
+            raise Invalid(("reward", "baseline"), "'reference' needs prompts.reference_field (the gold response)")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Run configuration
+# ----------------------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ModelConfig:
+    """A model to load with ``from_pretrained``.
+
+    Args:
+        path: Local directory or hub id (offline: it must be in the local cache), or ``tiny:policy``.
+        dtype: ``auto`` keeps the checkpoint's dtype on GPU and float32 on CPU.
+        revision: Hub revision, if any.
+        trust_remote_code: Allow the checkpoint's own modelling code (off unless you trust it).
+        attn_implementation: e.g. ``sdpa`` or ``flash_attention_2``; none lets transformers choose.
+    """
+
+    path: str
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    revision: str | None = None
+    trust_remote_code: bool = False
+    attn_implementation: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.path.startswith(TINY_PREFIX) and self.path[len(TINY_PREFIX) :] not in TINY_MODELS:
+            raise Invalid("path", f"the embedded tiny models are {', '.join(TINY_PREFIX + m for m in TINY_MODELS)}")
+        if _looks_local(self.path) and not Path(self.path).expanduser().is_dir():
+            raise Invalid("path", f"model directory '{self.path}' not found")
+
+
+def _looks_local(path: str) -> bool:
+    return path.startswith(("/", "./", "../", "~")) or (os.sep in path and Path(path).expanduser().exists())
+
+
+@dataclass(frozen=True)
+class LoraConfig:
+    """LoRA adapters (peft). The reference is then the base model with adapters disabled: no second copy.
+
+    Args:
+        r: Adapter rank.
+        alpha: Scaling numerator (the update is scaled by alpha / r).
+        dropout: Dropout on the adapter input.
+        target_modules: Module names to adapt, or ``all-linear``.
+        save: ``merged`` writes the merged model to ``final/``; ``adapter`` writes the adapter and the
+            base model's path.
+    """
+
+    r: int = 16
+    alpha: int = 32
+    dropout: float = 0.05
+    target_modules: list[str] | Literal["all-linear"] = "all-linear"
+    save: Literal["merged", "adapter"] = "merged"
+
+    def __post_init__(self) -> None:
+        _positive("r", self.r)
+        _positive("alpha", self.alpha)
+        if not 0.0 <= self.dropout < 1.0:
+            raise Invalid("dropout", f"must be in [0, 1), got {self.dropout}")
+        if isinstance(self.target_modules, list) and not self.target_modules:
+            raise Invalid("target_modules", "must not be empty")
+
+
+@dataclass(frozen=True)
+class TrainingConfig:
+    """Optimization settings shared by all tasks.
+
+    Args:
+        max_steps: Number of updates (each is one optimizer step over all tasks).
+        learning_rate: Peak AdamW learning rate.
+        lr_scheduler: Schedule name (as in transformers' ``get_scheduler``).
+        warmup_steps: Linear warm-up steps.
+        weight_decay: AdamW weight decay.
+        adam_betas: AdamW betas.
+        max_grad_norm: Clip the global gradient norm to this (none: no clipping).
+        micro_batch_size: Sequences per forward/backward chunk (none: a task's whole rollout at once);
+            lower it when memory runs out.
+        precision: ``fp32``, or ``bf16`` / ``fp16`` mixed precision on GPU.
+        gradient_checkpointing: Trade compute for activation memory.
+        seed: Seed of every random choice (sampling, prompt order, initialization of adapters).
+        save_every: Write a checkpoint every N steps (0: only the final model).
+        keep_checkpoints: How many recent checkpoints to keep.
+        eval_every: Evaluate on the eval splits every N steps (none: never during training).
+        lora: LoRA settings; none trains all weights.
+    """
+
+    max_steps: int
+    learning_rate: float = 1e-6
+    lr_scheduler: Literal["constant", "constant_with_warmup", "linear", "cosine", "polynomial", "inverse_sqrt"] = (
+        "constant"
+    )
+    warmup_steps: int = 0
+    weight_decay: float = 0.0
+    adam_betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    max_grad_norm: float | None = 1.0
+    micro_batch_size: int | None = None
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    gradient_checkpointing: bool = False
+    seed: int = 0
+    save_every: int = 0
+    keep_checkpoints: int = 3
+    eval_every: int | None = None
+    lora: LoraConfig | None = None
+
+    def __post_init__(self) -> None:
+        _positive("max_steps", self.max_steps)
+        _positive("learning_rate", self.learning_rate)
+        _positive("warmup_steps", self.warmup_steps, allow_zero=True)
+        _positive("weight_decay", self.weight_decay, allow_zero=True)
+        if len(self.adam_betas) != 2 or not all(0.0 <= b < 1.0 for b in self.adam_betas):
+            raise Invalid("adam_betas", f"must be two numbers in [0, 1), got {self.adam_betas}")
+        _positive("max_grad_norm", self.max_grad_norm)
+        _positive("micro_batch_size", self.micro_batch_size)
+        _positive("save_every", self.save_every, allow_zero=True)
+        _positive("keep_checkpoints", self.keep_checkpoints)
+        _positive("eval_every", self.eval_every)
+
+
+@dataclass(frozen=True)
+class LoggingConfig:
+    """Where progress goes.
+
+    Args:
+        log_every: Write a metrics line every N steps.
+        progress: ``auto`` shows a progress bar on a terminal and plain lines otherwise.
+        trackers: Experiment trackers through accelerate (``tensorboard``, ``wandb``), if installed.
+        project: Tracker project name.
+    """
+
+    log_every: int = 1
+    progress: Literal["auto", "bar", "plain", "none"] = "auto"
+    trackers: list[Literal["tensorboard", "wandb"]] = field(default_factory=list)
+    project: str = "cgpo"
+
+    def __post_init__(self) -> None:
+        _positive("log_every", self.log_every)
+
+
+@dataclass(frozen=True)
+class GenerationConfig:
+    """Rollout generation.
+
+    Args:
+        backend: ``transformers`` (``model.generate``, any device) or ``vllm`` (GPU, when installed).
+        max_batch_size: Most sequences per generate call (none: all prompts of the step at once).
+    """
+
+    backend: Literal["transformers", "vllm"] = "transformers"
+    max_batch_size: int | None = None
+
+    def __post_init__(self) -> None:
+        _positive("max_batch_size", self.max_batch_size)
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """A training run: policy, reference, tasks, training settings and output directory.
+
+    Args:
+        policy: The model being trained.
+        reference: pi_ref of the KL terms; none means the initial policy (CGPO paper eq. 4).
+        tasks: One or more tasks (paths to task YAMLs, ``{include: path, ...overrides}``, or inline).
+        training: Optimization settings.
+        output_dir: Where checkpoints, metrics and the final model go (relative to the working directory).
+        logging: Progress and trackers.
+        generation: Rollout backend.
+    """
+
+    policy: ModelConfig
+    tasks: list[TaskConfig]
+    training: TrainingConfig
+    output_dir: str
+    reference: ModelConfig | None = None
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+    generation: GenerationConfig = field(default_factory=GenerationConfig)
+
+    def __post_init__(self) -> None:
+        if not self.tasks:
+            raise Invalid("tasks", "needs at least one task")
+        names = [task.name for task in self.tasks]
+        for i, name in enumerate(names):
+            if name in names[:i]:
+                raise Invalid(("tasks", i, "name"), f"task name '{name}' is used by task {names.index(name)} too")
+        if all(task.weight == 0 for task in self.tasks):
+            raise Invalid(("tasks", 0, "weight"), "every task has weight 0, so nothing would be trained")
+        if not self.output_dir.strip():
+            raise Invalid("output_dir", "must not be empty")
+
+    def task(self, name: str) -> TaskConfig:
+        for task in self.tasks:
+            if task.name == name:
+                return task
+        raise KeyError(name)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Loading
+# ----------------------------------------------------------------------------------------------------------------
+def _display(path: Path) -> str:
+    """A path as users like to read it: relative to the working directory when it is below it."""
+    try:
+        return str(path.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
+
+
+def _merge(base: Any, top: Any) -> Any:
+    """Deep-merge two YAML trees (``top`` wins; lists are replaced), keeping each key's origin."""
+    if not (isinstance(base, Mapping) and isinstance(top, Mapping)):
+        return top
+    merged = SourcedDict()
+    merged.origin = getattr(top, "origin", None) or getattr(base, "origin", None)
+    for source in (base, top):
+        for key, value in source.items():
+            merged[key] = _merge(merged[key], value) if key in merged and source is top else value
+            origin = getattr(source, "origins", {}).get(key)
+            if origin is not None:
+                merged.origins[key] = origin
+    return merged
+
+
+def _resolve_include(entry: SourcedDict, file: Path, stack: tuple[Path, ...]) -> SourcedDict:
+    """Replace ``include: base.yaml`` in ``entry`` by the base file's content, with ``entry`` on top."""
+    include = entry.get("include")
+    if include is None:
+        return entry
+    origin = entry.origins.get("include")
+    where = (
+        (origin.file, ".".join(map(str, origin.path)), origin.line) if origin else (_display(file), "include", None)
+    )
+    if not isinstance(include, str):
+        raise ConfigError(where[0], where[1], "must be a path to a YAML file", where[2])
+    target = (file.parent / include).resolve()
+    if target in stack:
+        raise ConfigError(
+            where[0], where[1], f"include cycle: {' -> '.join(_display(p) for p in (*stack, target))}", where[2]
+        )
+    if not target.is_file():
+        raise ConfigError(
+            where[0], where[1], f"included file '{include}' not found (looked for {_display(target)})", where[2]
+        )
+    base = load_yaml(target, _display(target))
+    if not isinstance(base, SourcedDict):
+        raise ConfigError(_display(target), "", "must be a mapping (a task)")
+    base = _resolve_include(base, target, (*stack, target))
+    top = SourcedDict({k: v for k, v in entry.items() if k != "include"})
+    top.origins = {k: v for k, v in entry.origins.items() if k != "include"}
+    top.origin = entry.origin
+    merged = _merge(base, top)
+    merged.origin = base.origin  # the task's own file is where its keys live
+    return merged
+
+
+def _resolve_data_paths(task: Any) -> None:
+    """Make ``prompts.{train,eval}.path`` absolute, relative to the file that wrote each path."""
+    prompts = task.get("prompts") if isinstance(task, Mapping) else None
+    if not isinstance(prompts, Mapping):
+        return
+    for split in ("train", "eval"):
+        source = prompts.get(split)
+        if isinstance(source, SourcedDict) and isinstance(source.get("path"), str):
+            origin = source.origins.get("path")
+            base = Path(origin.file).parent if origin and origin.file and not origin.file.startswith("<") else Path()
+            source["path"] = str((base / source["path"]).expanduser().resolve())
+
+
+def _normalize_task(task: Any) -> None:
+    """Expand shorthands in place: ``judges: [math]``, ``optimizer: crpg``, ``metadata_fields: [a, b]``."""
+    if not isinstance(task, SourcedDict):
+        return
+    judges = task.get("judges")
+    if isinstance(judges, SourcedList):
+        for i, spec in enumerate(judges):
+            if isinstance(spec, str):
+                entry = SourcedDict(name=spec)
+                entry.origin = judges.origins[i]
+                if entry.origin:
+                    entry.origins["name"] = entry.origin
+                judges[i] = entry
+    optimizer = task.get("optimizer")
+    if isinstance(optimizer, str):
+        entry = SourcedDict(name=optimizer)
+        entry.origin = task.origins.get("optimizer")
+        if entry.origin:
+            entry.origins["name"] = entry.origin
+        task["optimizer"] = entry
+    prompts = task.get("prompts")
+    if isinstance(prompts, SourcedDict) and isinstance(prompts.get("metadata_fields"), list):
+        names = prompts["metadata_fields"]
+        if all(isinstance(n, str) for n in names):
+            mapping = SourcedDict({n: n for n in names})
+            mapping.origin = prompts.origins.get("metadata_fields")
+            mapping.origins = {n: o for n, o in zip(names, getattr(names, "origins", []), strict=False) if o}
+            prompts["metadata_fields"] = mapping
+    if task.get("reward") is None and "reward" in task:
+        task["reward"] = SourcedDict()
+
+
+def _check_plugins(task: TaskConfig, path: KeyPath) -> None:
+    """Resolve judge, optimizer and reward-function names and validate their params (imports their modules)."""
+    from cgpo.judging import JUDGES
+    from cgpo.optimizers import OPTIMIZERS
+    from cgpo.registry import RegistryError
+    from cgpo.rewards import REWARD_FUNCTIONS
+
+    for i, spec in enumerate(task.judges):
+        try:
+            judge_cls = JUDGES.get(spec.name)
+        except RegistryError as exc:
+            raise SchemaError((*path, "judges", i, "name"), str(exc)) from None
+        judge_cls.parse_params(spec.params, (*path, "judges", i, "params"))
+    try:
+        optimizer_cls = OPTIMIZERS.get(task.optimizer.name)
+    except RegistryError as exc:
+        raise SchemaError((*path, "optimizer", "name"), str(exc)) from None
+    optimizer_cls.parse_params(task.optimizer.params, (*path, "optimizer", "params"))
+    if task.sampling.num_samples < optimizer_cls.min_samples:
+        raise SchemaError(
+            (*path, "sampling", "num_samples"),
+            f"{task.optimizer.name} needs at least {optimizer_cls.min_samples} samples per prompt, got "
+            f"{task.sampling.num_samples}",
+        )
+    if optimizer_cls.uses_kl_threshold and task.kl_threshold is None:
+        raise SchemaError((*path, "kl_threshold"), f"{task.optimizer.name} needs a KL threshold (KL_max), e.g. 10.0")
+    if task.reward.function is not None:
+        try:
+            reward_cls = REWARD_FUNCTIONS.get(task.reward.function)
+        except RegistryError as exc:
+            raise SchemaError((*path, "reward", "function"), str(exc)) from None
+        reward_cls.parse_params(task.reward.params, (*path, "reward", "params"))
+
+
+def _check_data_files(task: TaskConfig, path: KeyPath) -> None:
+    for split in ("train", "eval"):
+        source: DataSource | None = getattr(task.prompts, split)
+        if source is not None and source.path is not None and not Path(source.path).is_file():
+            raise SchemaError((*path, "prompts", split, "path"), f"data file not found: {source.path}")
+
+
+def _build_task(tree: Any, path: KeyPath, *, check_plugins: bool) -> TaskConfig:
+    task = build(TaskConfig, tree, path)
+    _check_data_files(task, path)
+    if check_plugins:
+        _check_plugins(task, path)
+    return task
+
+
+def _raise_located(exc: SchemaError, tree: Any, default_file: str) -> None:
+    file, key_path, line = locate(tree, exc.path, default_file)
+    raise ConfigError(file, key_path, exc.reason, line) from None
+
+
+def load_task_config(path: str | Path, overrides: Sequence[str] = (), *, check_plugins: bool = True) -> TaskConfig:
+    """Load and validate one task YAML.
+
+    Args:
+        path: The task file.
+        overrides: ``key.path=value`` strings applied after loading.
+        check_plugins: Resolve judge/optimizer/reward names and validate their params (imports plugins).
+
+    Raises:
+        ConfigError: naming the file, key path and line of the first problem.
+    """
+    file = Path(path)
+    display = _display(file)
+    tree = load_yaml(file, display)
+    if not isinstance(tree, SourcedDict):
+        raise ConfigError(
+            display, "", "a task file must be a mapping of keys such as name, prompts, judges, optimizer"
+        )
+    tree = _resolve_include(tree, file.resolve(), (file.resolve(),))
+    for item in overrides:
+        set_override(tree, *_split_override(item))
+    _normalize_task(tree)
+    _resolve_data_paths(tree)
+    try:
+        return _build_task(tree, (), check_plugins=check_plugins)
+    except SchemaError as exc:
+        _raise_located(exc, tree, display)
+        raise  # unreachable: _raise_located always raises
+
+
+def _split_override(item: str) -> tuple[str, str]:
+    key, sep, value = item.partition("=")
+    if not sep:
+        raise ConfigError("<command line>", key, f"override '{item}' must look like key.path=value")
+    return key.strip(), value
+
+
+def _load_task_entries(tree: SourcedDict, file: Path, display: str) -> None:
+    """Replace each ``tasks`` entry (a path, ``{include: path, ...}`` or an inline task) by its mapping."""
+    tasks = tree.get("tasks")
+    if not isinstance(tasks, SourcedList):
+        return
+    for i, entry in enumerate(tasks):
+        if isinstance(entry, str):
+            wrapped = SourcedDict(include=entry)
+            wrapped.origin = tasks.origins[i]
+            if wrapped.origin:
+                wrapped.origins["include"] = wrapped.origin
+            entry = wrapped
+        if isinstance(entry, SourcedDict):
+            tasks[i] = _resolve_include(entry, file.resolve(), (file.resolve(),))
+
+
+def load_run_config(path: str | Path, overrides: Sequence[str] = (), *, check_plugins: bool = True) -> RunConfig:
+    """Load and validate a run config with its tasks.
+
+    Args:
+        path: The run config file.
+        overrides: ``key.path=value`` strings (``training.max_steps=5``, ``tasks.0.weight=2``), applied after
+            the task files are read, so they can reach into tasks.
+        check_plugins: Resolve judge/optimizer/reward names and validate their params (imports plugins).
+
+    Raises:
+        ConfigError: naming the file, key path and line of the first problem.
+    """
+    file = Path(path)
+    display = _display(file)
+    tree = load_yaml(file, display)
+    if not isinstance(tree, SourcedDict):
+        raise ConfigError(display, "", "a run config must be a mapping with policy, tasks, training and output_dir")
+    _load_task_entries(tree, file, display)
+    for item in overrides:
+        set_override(tree, *_split_override(item))
+    tasks = tree.get("tasks")
+    if isinstance(tasks, list):
+        for task in tasks:
+            _normalize_task(task)
+            _resolve_data_paths(task)
+    try:
+        config = build(RunConfig, tree)
+        for i, task in enumerate(config.tasks):
+            _check_data_files(task, ("tasks", i))
+            if check_plugins:
+                _check_plugins(task, ("tasks", i))
+    except SchemaError as exc:
+        _raise_located(exc, tree, display)
+        raise
+    return config
+
+
+def detect_kind(path: str | Path) -> Literal["run", "task"]:
+    """Whether a YAML file is a run config (it has ``tasks`` or ``policy``) or a task."""
+    file = Path(path)
+    tree = load_yaml(file, _display(file))
+    if isinstance(tree, Mapping) and ("tasks" in tree or "policy" in tree):
+        return "run"
+    return "task"
+
+
+def replace(config: Any, **changes: Any) -> Any:
+    """``dataclasses.replace`` re-exported, since every config class is frozen."""
+    return dataclasses.replace(config, **changes)

@@ -1,0 +1,20 @@
+"""Model references in configs.
+
+``tiny:policy`` / ``tiny:reward`` name the embedded tiny default; anything else is a local directory or a
+hub id handed to ``from_pretrained`` unchanged (offline, so it must be cached).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from cgpo.config import TINY_PREFIX
+
+
+def resolve_model_path(path: str, *, log: Callable[[str], None] = print) -> str:
+    """The directory or hub id to load for a config's model ``path``, building the tiny models on first use."""
+    if not path.startswith(TINY_PREFIX):
+        return path
+    from cgpo.tiny.build import ensure_tiny_models
+
+    return str(ensure_tiny_models(log=log) / path[len(TINY_PREFIX) :])
