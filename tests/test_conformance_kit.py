@@ -247,10 +247,10 @@ def test_shared_scratch_state_fails_the_thread_check():
         def judge_batch(self, prompts, completions, metadata):
             self.buffer.clear()
             self.buffer.extend(super().judge_batch(prompts, completions, metadata))
-            time.sleep(0.05)  # another thread replaces the buffer meanwhile
+            time.sleep(0.1)  # another thread replaces the buffer meanwhile
             return list(self.buffer)
 
-    report = check_judge(Scratchpad, **FAST)
+    report = check_judge(Scratchpad, DEFAULT_SAMPLES[:3], **FAST)
     assert report.result("deterministic").status == "passed"
     assert report.result("thread_safe").status == "failed"
     # Each thread judges the samples in a different rotation, so one thread's buffer is another's wrong answer.
@@ -442,3 +442,81 @@ def test_samples_are_never_shared_between_calls():
     ids = {id(m[0]) for m in seen if m}
     assert len(ids) == len([m for m in seen if m])  # a fresh deep copy each call
     assert sample.metadata == {"nested": {"k": [1]}}
+
+
+# -- the built-in rule judges -----------------------------------------------------------------------------------
+ADD_TESTS = {"tests": ["assert add(1, 2) == 3", "assert add(-1, 1) == 0"]}
+HUMANEVAL = {"test": "def check(candidate):\n    assert candidate(2) == 4\n", "entry_point": "double"}
+BUILTIN_RULE_JUDGES: dict[str, tuple[dict[str, Any], list[Sample]]] = {
+    "math": (
+        {"answer_format": "final_answer", "timeout_seconds": 5.0},
+        [
+            Sample("What is 2 + 2?", "2 + 2 = 4. The final answer is 4.", {"answer": "4"}),
+            Sample("What is 2 + 2?", "The final answer is 5.", {"answer": "4"}),
+            Sample("Half of 1?", "The final answer is $\\frac{1}{2}$.", {"answer": "0.5"}),
+            Sample("Sum?", "I think 3. The final answer is 1,234.", {"answer": "1234"}),
+            Sample("What is 2 + 2?", "No idea.", {"answer": "4"}),
+            Sample("What is 2 + 2?", "", {"answer": "4"}),
+            Sample("What is 2 + 2?", "The final answer is 4.", {"answer": "\\frac{"}),  # unparseable gold
+        ],
+    ),
+    "format": (
+        {"max_words": 12, "must_not_match": ["(?i)as an ai"]},
+        [*DEFAULT_SAMPLES, Sample("Hi", "As an AI, I cannot."), Sample("Hi", "Hello there, friend.")],
+    ),
+    "code": (
+        {"timeout_s": 10.0},
+        [
+            Sample("Write add.", "```python\ndef add(a, b):\n    return a + b\n```", ADD_TESTS),
+            Sample("Write add.", "```python\ndef add(a, b):\n    return a - b\n```", ADD_TESTS),
+            Sample("Write add.", "```python\nimport sys\nsys.exit(0)\n```", ADD_TESTS),
+            Sample("Write double.", "def double(x):\n    return 2 * x\n", HUMANEVAL),
+            Sample("Echo.", "print(input())", {"io": [{"input": "hi\n", "output": "hi\n"}]}),
+            Sample("Write add.", "def add(a, b): return a + b", {"tests": "not a list"}),  # bad metadata: -1
+        ],
+    ),
+    "ifeval": (
+        {"mode": "strict"},
+        [
+            Sample(
+                "List a, b with no comma.",
+                "a and b",
+                {"instruction_id_list": ["punctuation:no_comma"], "kwargs": [{}]},
+            ),
+            Sample(
+                "List a, b with no comma.", "a, b", {"instruction_id_list": ["punctuation:no_comma"], "kwargs": [{}]}
+            ),
+            Sample(
+                "End with bye.",
+                "see you, bye",
+                {"instruction_id_list": ["startend:end_checker"], "kwargs": [{"end_phrase": "bye"}]},
+            ),
+            Sample(
+                "Answer in lowercase English.",
+                "this is a short answer written entirely in lowercase english words.",
+                {"instruction_id_list": ["change_case:english_lowercase"], "kwargs": [{}]},
+            ),
+        ],
+    ),
+}
+
+
+@pytest.mark.parametrize("name", sorted(BUILTIN_RULE_JUDGES))
+def test_builtin_rule_judges_conform(name):
+    import importlib.util
+
+    from cgpo.judging import JUDGES
+
+    entries = {e.name: e for e in JUDGES.entries()}
+    if name not in entries:
+        pytest.skip(f"built-in judge '{name}' is not declared in this installation")
+    module = (entries[name].target or "").partition(":")[0]
+    if module and importlib.util.find_spec(module) is None:
+        pytest.skip(f"built-in judge '{name}': module {module} has not landed yet")
+    params, samples = BUILTIN_RULE_JUDGES[name]
+    cls = JUDGES.get(name)  # a module that exists but fails to import is a failure, not a skip
+    assert cls.kind == "rule"
+    report = check_judge(cls, samples, params=params)
+    assert report.ok, report
+    assert report.result("imports").status == "passed"
+    assert report.result("deterministic").status == "passed"
