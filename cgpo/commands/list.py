@@ -42,7 +42,7 @@ def _registry_rows(what: str) -> list[tuple[str, str, str]]:
 
 
 def _task_rows(folder: Path) -> list[tuple[str, str, str]]:
-    from cgpo.config import load_task_config
+    from cgpo.config_loader import load_task_config
     from cgpo.errors import ConfigError
 
     rows = []

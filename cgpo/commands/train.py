@@ -22,7 +22,7 @@ def add_parser(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from cgpo.config import load_run_config
+    from cgpo.config_loader import load_run_config
     from cgpo.models import resolve_model_path
 
     config = load_run_config(args.config, args.overrides)  # ConfigError -> exit 2, before any model loads

@@ -27,7 +27,7 @@ def add_parser(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from cgpo.config import detect_kind, load_run_config, load_task_config
+    from cgpo.config_loader import detect_kind, load_run_config, load_task_config
     from cgpo.errors import ConfigError
 
     files = [f for f in args.files if "=" not in f]
@@ -47,6 +47,10 @@ def run(args: argparse.Namespace) -> int:
                 detail = f"task '{task.name}'"
         except ConfigError as exc:
             print(str(exc), file=sys.stderr)
+            failed += 1
+            continue
+        except Exception as exc:  # noqa: BLE001 - odd input must never end in a traceback; name the file
+            print(f"{file}: (top level): cannot validate: {type(exc).__name__}: {exc}", file=sys.stderr)
             failed += 1
             continue
         print(f"{file}: ok ({detail})")

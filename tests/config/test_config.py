@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from cgpo.config import load_run_config, load_task_config
+from cgpo.config_loader import load_run_config, load_task_config
 from cgpo.errors import ConfigError
 
 TASK = """\
