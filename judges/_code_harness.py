@@ -69,6 +69,7 @@ _SAFE_EXCEPTIONS = {
 }
 # Modules the solution imported are re-imported in H under the same name (never proxied: a proxied
 # ``math`` would run U's possibly patched copy).
+_BUILTIN_BASES: tuple[Any, ...] = (bool, int, float, str, bytes, tuple, list, dict, frozenset, set)
 _SAFE_MODULES = frozenset(
     [
         "math",
@@ -196,7 +197,7 @@ def _decode(obj: Any, on_handle: Callable[[dict[str, Any]], Any], depth: int = 0
 
 def _to_builtin(value: Any) -> Any:
     """U side: subclasses of builtin containers and scalars (namedtuple, Counter, IntEnum) to their base."""
-    for base in (bool, int, float, str, bytes, tuple, list, dict, frozenset, set):
+    for base in _BUILTIN_BASES:
         if isinstance(value, base) and type(value) is not base:
             return base(value)
     return value
@@ -412,7 +413,7 @@ class _Channel:
         def other(v: Any) -> Any:
             if type(v) is _Remote:
                 return {"h": v._id}
-            for base in (bool, int, float, str, bytes, tuple, list, dict, frozenset, set):
+            for base in _BUILTIN_BASES:
                 if isinstance(v, base):  # trusted test data: a namedtuple or Counter passes as its base
                     return _encode(base(v), other)
             raise TypeError(f"cannot pass a {type(v).__name__} to the solution")
@@ -449,7 +450,7 @@ class _Remote:
     def _untrusted(self, *_: Any) -> Any:
         raise TypeError(f"a {self._type} object returned by the solution cannot be compared or tested for truth")
 
-    __eq__ = __ne__ = __lt__ = __le__ = __gt__ = __ge__ = __bool__ = __len__ = __contains__ = _untrusted  # type: ignore[assignment]
+    __eq__ = __ne__ = __lt__ = __le__ = __gt__ = __ge__ = __bool__ = __len__ = __contains__ = _untrusted
 
     def __hash__(self) -> int:
         return hash((_Remote, self._id))
@@ -489,6 +490,13 @@ def _run_test(chan: _Channel, fn: Callable[[], None]) -> tuple[bool, str]:
     return True, ""
 
 
+def _exec_in(code: types.CodeType, ns: dict[str, Any]) -> Callable[[], None]:
+    def run() -> None:
+        exec(code, ns)  # noqa: S102 - a trusted assert statement from the dataset, run in H
+
+    return run
+
+
 def _run_rpc_job(job: dict[str, Any], body: dict[str, Any], chan: _Channel, stop_early: bool) -> dict[str, Any]:
     first = chan.recv()
     if type(first) is not dict or ("error" not in first and "names" not in first):
@@ -523,7 +531,7 @@ def _run_rpc_job(job: dict[str, Any], body: dict[str, Any], chan: _Channel, stop
         ns = _namespace(chan, names)
         compiled = [compile(t, f"<test {i}>", "exec") for i, t in enumerate(body["tests"])]
         for code in compiled:
-            ok, reason = _run_test(chan, lambda code=code: exec(code, ns))  # noqa: S102 - trusted assert statement from the dataset, run in H
+            ok, reason = _run_test(chan, _exec_in(code, ns))
             tests.append({"ok": ok, "reason": reason})
             if not ok and stop_early:
                 break
@@ -617,7 +625,9 @@ def _sweep_uid(uid: int) -> None:
 def _mount(libc: Any, source: str, target: str, fstype: str | None, flags: int, data: str | None) -> None:
     import ctypes
 
-    enc = lambda v: v.encode() if v is not None else None  # noqa: E731
+    def enc(v: str | None) -> bytes | None:
+        return v.encode() if v is not None else None
+
     if libc.mount(enc(source), enc(target), enc(fstype), flags, enc(data)) != 0:
         raise OSError(ctypes.get_errno(), f"mount {source} on {target} failed")
 
@@ -694,6 +704,7 @@ def _run(result_fd: int) -> None:
         elif job["kind"] == "io":
             report = _run_io_job(job, body, code, deadline, job["stop_early"])
         else:
+            assert pid is not None
             chan = _Channel(pid, w1, r2, deadline)
             try:
                 if job["kind"] == "probe":
