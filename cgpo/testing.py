@@ -65,6 +65,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
+import functools
 import importlib.util
 import json
 import math
@@ -345,7 +346,7 @@ def _check_raw_output(ctx: _Context) -> str:
         prompts, completions, metadata = ctx.columns(ctx.samples[:size])
         try:
             raw = ctx.call(
-                "judge_batch", lambda p=prompts, c=completions, m=metadata: ctx.judge.judge_batch(p, c, m), size
+                "judge_batch", functools.partial(ctx.judge.judge_batch, prompts, completions, metadata), size
             )
         except _Hung:
             raise
@@ -370,7 +371,7 @@ def _check_verdicts(ctx: _Context) -> str:
     problems = []
     for size in sizes:
         prompts, completions, metadata = ctx.columns(ctx.samples[:size])
-        verdicts = ctx.call("judge", lambda p=prompts, c=completions, m=metadata: ctx.judge(p, c, m), size)
+        verdicts = ctx.call("judge", functools.partial(ctx.judge, prompts, completions, metadata), size)
         problems += _verdict_problems(verdicts, size, f"judge(batch of {size})")
         if size == n and not problems:
             ctx.baseline = [v.value for v in verdicts]
@@ -412,7 +413,7 @@ def _check_deterministic(ctx: _Context) -> str | tuple[Status, str]:
     for s in ctx.samples:
         p, c, m = ctx.columns([s])
         # Tuples, not lists: the contract says Sequence, so a judge must not rely on list methods.
-        verdicts = ctx.call("judge", lambda p=p, c=c, m=m: ctx.judge(tuple(p), tuple(c), tuple(m)), 1)
+        verdicts = ctx.call("judge", functools.partial(ctx.judge, tuple(p), tuple(c), tuple(m)), 1)
         _fail_on(_verdict_problems(verdicts, 1, "judge(one sample, as tuples)"))
         single.append(verdicts[0].value)
     if single != ctx.baseline:
@@ -501,10 +502,10 @@ def _check_failure_injection(ctx: _Context) -> str:
     for label, replacement in (("raising", raises), ("too short", short), ("non-verdict values", garbage)):
         prompts, completions, metadata = ctx.columns(ctx.samples)
         # An instance attribute shadows the method for this object only; removed again in `finally`.
-        judge.judge_batch = replacement  # type: ignore[method-assign]
+        judge.judge_batch = replacement  # type: ignore[method-assign,assignment]
         try:
             verdicts = ctx.call(
-                "judge (injected failure)", lambda p=prompts, c=completions, m=metadata: judge(p, c, m), n
+                "judge (injected failure)", functools.partial(judge, prompts, completions, metadata), n
             )
         except _Hung:
             raise
@@ -537,7 +538,7 @@ def _check_injected_failures(
         try:
             with injector(ctx.judge):
                 verdicts = ctx.call(
-                    f"judge ({label})", lambda p=prompts, c=completions, m=metadata: ctx.judge(p, c, m), n
+                    f"judge ({label})", functools.partial(ctx.judge, prompts, completions, metadata), n
                 )
         except _Hung:
             raise

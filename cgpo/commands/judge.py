@@ -23,9 +23,12 @@ import time
 from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from cgpo.errors import UserError
+
+if TYPE_CHECKING:
+    from cgpo.judging import Judge
 
 DEFAULT_BATCH_SIZE = 64
 #: Fields the command adds to each record; an input that already has them (a judged file judged again)
@@ -51,7 +54,7 @@ examples:
 """
 
 
-def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> argparse.ArgumentParser:
     """Register ``cgpo judge`` on the CLI's subparsers (the protocol of :mod:`cgpo.cli`)."""
     parser = subparsers.add_parser(
         "judge",
@@ -216,7 +219,7 @@ def _param_error(name: str, exc: Any) -> UserError:
     return UserError(f"judge '{name}': --param {format_path(exc.path)}: {exc.reason}")
 
 
-def resolve_judge(name: str, raw_params: Mapping[str, Any]) -> tuple[type, Any]:
+def resolve_judge(name: str, raw_params: Mapping[str, Any]) -> tuple[type[Judge], Any]:
     """Look ``name`` up and validate its parameters, importing nothing heavy (no model, no worker pool).
 
     Raises:
@@ -237,7 +240,7 @@ def resolve_judge(name: str, raw_params: Mapping[str, Any]) -> tuple[type, Any]:
         raise _param_error(name, exc) from None
 
 
-def start_judge(cls: type, params: Any, name: str) -> Any:
+def start_judge(cls: type[Judge], params: Any, name: str) -> Judge:
     """Build the judge (this is where models load and pools start)."""
     from cgpo.judging import JudgeConfigError
     from cgpo.schema import SchemaError
