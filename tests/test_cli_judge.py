@@ -323,6 +323,20 @@ def test_module_colon_class_and_judge_batch_failure(tmp_path, capsys):
     assert "3 failed (-1)" in capsys.readouterr().err
 
 
+def test_a_module_that_fails_to_import_is_one_line(tmp_path, capsys, monkeypatch):
+    (tmp_path / "tmp_broken_judge_module.py").write_text("x = 1\nraise ValueError('half-written plugin')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    src = write_jsonl(tmp_path / "in.jsonl", RECORDS)
+    assert main(["judge", "tmp_broken_judge_module:Judge", "-i", str(src)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(
+        "cgpo judge: cannot load judge 'tmp_broken_judge_module:Judge': ValueError: half-written plugin ("
+    )
+    assert err.endswith("tmp_broken_judge_module.py:2)")
+    assert main(["judge", "no_such_module_xyz:Judge", "-i", str(src)]) == 2
+    assert "cannot import module 'no_such_module_xyz'" in capsys.readouterr().err
+
+
 class ExplodingJudge(Judge):
     def judge_batch(self, prompts, completions, metadata):
         raise RuntimeError("boom")

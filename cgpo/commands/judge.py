@@ -20,6 +20,7 @@ import os
 import secrets
 import sys
 import time
+import traceback
 from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
@@ -234,6 +235,10 @@ def resolve_judge(name: str, raw_params: Mapping[str, Any]) -> tuple[type[Judge]
         cls = JUDGES.get(name)
     except RegistryError as exc:
         raise UserError(str(exc)) from None
+    except Exception as exc:  # noqa: BLE001 - a `module:Class` whose module fails while importing (user code)
+        frames = traceback.extract_tb(exc.__traceback__)
+        where = f" ({frames[-1].filename}:{frames[-1].lineno})" if frames else ""
+        raise UserError(f"cannot load judge '{name}': {type(exc).__name__}: {exc}{where}") from None
     try:
         return cls, cls.parse_params(raw_params)
     except SchemaError as exc:
