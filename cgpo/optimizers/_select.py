@@ -65,9 +65,10 @@ def zero_loss(batch: PolicyBatch) -> torch.Tensor:
     Every DDP rank must run the same backward calls, so a task with nothing usable still returns a loss
     whose backward reaches every tensor the other ranks differentiate (cgpo-algorithms.md §9).
     """
-    zero = batch.logps.sum() * 0.0
+    # nan_to_num first: an excluded sample may carry a -inf or NaN log-prob, and 0 * inf is NaN.
+    zero = torch.nan_to_num(batch.logps, nan=0.0, posinf=0.0, neginf=0.0).sum() * 0.0
     if batch.baseline_logps is not None and batch.baseline_logps.requires_grad:
-        zero = zero + batch.baseline_logps.sum() * 0.0
+        zero = zero + torch.nan_to_num(batch.baseline_logps, nan=0.0, posinf=0.0, neginf=0.0).sum() * 0.0
     return zero
 
 

@@ -108,4 +108,7 @@ class CRRAFT(Optimizer):
         if n == 0:
             return LossOutput(zero_loss(batch), stats)
         # Boolean indexing, not a 0-weight: a skipped row's log-prob may be anything, and 0 * inf is NaN.
-        return LossOutput(-(weight[kept] * chosen_logp[kept]).sum() / n, stats)
+        loss = -(weight[kept] * chosen_logp[kept]).sum() / n
+        # + zero_loss: the backward reaches baseline_logps (and every logp) whether or not a fallback was
+        # used, so every DDP rank differentiates the same tensors.
+        return LossOutput(loss + zero_loss(batch), stats)

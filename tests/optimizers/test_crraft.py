@@ -129,3 +129,13 @@ def test_params_are_validated():
         CRRAFT.parse_params({"fallback_weight": 1.5})
     with pytest.raises(SchemaError, match="unknown key"):
         CRRAFT.parse_params({"fallback_requires_KL": True})
+
+
+def test_backward_reaches_baseline_logps_even_without_a_fallback(make_batch):
+    # Every DDP rank must differentiate the same tensors, whichever prompts fell back.
+    batch = make_batch(logps=[[-1.0, -2.0]], rewards=[[1.0, 0.0]], verdicts=[[1, 1]], baseline_logps=[float("nan")], baseline_verdicts=[1])  # fmt: skip
+    out = CRRAFT().loss(batch)
+    out.loss.backward()
+    assert out.loss.item() == pytest.approx(-torch.sigmoid(torch.tensor(1.0)).item() * -1.0)
+    assert batch.baseline_logps.grad is not None
+    assert batch.baseline_logps.grad.tolist() == [0.0]

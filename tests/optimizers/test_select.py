@@ -48,3 +48,10 @@ def test_take_keeps_gradients_and_safe_mean_of_empty_is_zero():
     assert x.grad.tolist() == [[0.0, 1.0], [1.0, 0.0]]
     assert safe_mean(torch.tensor([])) == 0.0
     assert safe_mean(torch.tensor([1.0, 2.0])) == 1.5
+
+
+def test_zero_loss_is_finite_even_with_infinite_logps_on_excluded_samples(make_batch, finite_zero):
+    from cgpo.optimizers.crpg import CRPG
+
+    batch = make_batch(logps=[[-1.0, float("-inf")]], verdicts=[[-1, -1]])
+    finite_zero(CRPG().loss(batch), batch)
