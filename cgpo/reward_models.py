@@ -216,6 +216,10 @@ class RewardModel:
         eos = self.tokenizer.eos_token_id
         if self.settings.append_eos and eos is not None and (not ids or ids[-1] != eos):
             ids = [*ids, eos]
+        if not ids:
+            raise ValueError(
+                "an empty prompt with an empty completion tokenizes to nothing; there is nothing to score"
+            )
         return ids[-self.max_length :]
 
     # -- scoring -----------------------------------------------------------------------------------------------
