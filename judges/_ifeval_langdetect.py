@@ -1,0 +1,253 @@
+"""Language identification for the IFEval judge: ``langdetect.detect`` with seed 0, computed faster.
+
+IFEval's language checks (``language:response_language``, ``change_case:english_capital``,
+``change_case:english_lowercase``) call ``langdetect.detect``. Its verdicts depend on langdetect's exact
+random sampling, so an approximation would disagree with the reference on borderline texts. This module
+re-implements langdetect 1.0.9's ``Detector.detect`` step for step with the same profiles, the same
+``random.Random(seed)`` call sequence and the same floating-point operations in the same order, so it returns
+the identical language (``tests/judges/test_ifeval.py`` checks equality with ``langdetect.detect``), about
+4x faster:
+
+1. Text preparation as langdetect: URLs and e-mail addresses become spaces, Vietnamese combining marks are
+   composed, the text is cut to 10,000 characters and runs of spaces collapse.
+2. Non-Latin scripts: when fewer than half as many Latin letters as non-Latin characters remain, Latin
+   letters are dropped (skipped for ASCII text, where it never applies).
+3. N-grams: each character is normalised with langdetect's ``NGram.normalize`` (memoised per character);
+   then per space-separated word ``w`` (with ``w_0 = " "``), position ``i`` yields ``w_i``, ``w_{i-1}w_i``
+   and ``w_{i-2}w_{i-1}w_i`` unless ``w_{i-1}`` and ``w_i`` are both upper-case, and a word followed by a
+   space also yields its last one or two characters plus that space; only n-grams in the profiles count.
+   This is langdetect's character-by-character state machine, evaluated per word.
+4. Seven trials: ``alpha = 0.5 + 0.05 * gauss()``; repeatedly pick a random n-gram and multiply each
+   language's probability by ``alpha / 10000 + P(ngram | language)``; after the first pick and every fifth
+   after it, normalise and stop when the largest probability exceeds 0.99999 (or after 1,000 picks). The
+   result is the language with the largest mean probability over trials, if that is above 0.1.
+
+The per-word state machine and list comprehensions over the 55 languages replace langdetect's per-character
+method calls and index loops; the arithmetic is unchanged. The profiles load once per process, lazily, under
+a lock; :func:`detect` keeps no other state and is safe to call from several threads.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+import threading
+from collections.abc import Callable
+from operator import itemgetter
+from typing import Any
+
+__all__ = ["UndetectableLanguage", "detect"]
+
+_SEED = 0  # IFEval's reference verdicts were produced with DetectorFactory.seed = 0
+_TRIALS = 7
+_ALPHA = 0.5
+_ALPHA_WIDTH = 0.05
+_BASE_FREQ = 10000
+_ITERATION_LIMIT = 1000
+_CONV_THRESHOLD = 0.99999
+_PROB_THRESHOLD = 0.1
+_MAX_TEXT_LENGTH = 10000
+_SPACES = re.compile(" {2,}")
+_WORD_CACHE_SIZE = 200_000
+
+
+class UndetectableLanguage(ValueError):
+    """The text has no language features (langdetect raises ``LangDetectException`` "No features in text")."""
+
+
+class _NormalizedChars(dict):
+    """``str.translate`` table: code point -> langdetect-normalised character, filled on first use."""
+
+    def __init__(self, normalize: Callable[[str], str]) -> None:
+        super().__init__()
+        self._normalize = normalize
+
+    def __missing__(self, code: int) -> str:
+        value = self._normalize(chr(code))
+        self[code] = value
+        return value
+
+
+class _Model:
+    def __init__(self) -> None:
+        from langdetect.detector import Detector
+        from langdetect.detector_factory import PROFILES_DIRECTORY, DetectorFactory
+        from langdetect.utils.ngram import NGram
+        from langdetect.utils.unicode_block import unicode_block
+
+        factory = DetectorFactory()  # a private factory: langdetect's global one is left untouched
+        factory.load_profile(PROFILES_DIRECTORY)
+        self.langs: list[str] = list(factory.langlist)
+        self.probs: dict[str, list[float]] = factory.word_lang_prob_map
+        self.url_re: re.Pattern[str] = Detector.URL_RE
+        self.mail_re: re.Pattern[str] = Detector.MAIL_RE
+        self.normalize_vi: Callable[[str], str] = NGram.normalize_vi
+        self.unicode_block: Callable[[str], Any] = unicode_block
+        self.table = _NormalizedChars(NGram.normalize)
+        self._masks: dict[str, int] = {}
+        self.word_cache: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {}
+
+    def nonzero_mask(self, gram: str) -> int:
+        """Bit j set when language j gives ``gram`` a non-zero probability (memoised per n-gram)."""
+        mask = self._masks.get(gram)
+        if mask is None:
+            mask = sum(1 << j for j, q in enumerate(self.probs[gram]) if q)
+            self._masks[gram] = mask
+        return mask
+
+
+_model: _Model | None = None
+_model_lock = threading.Lock()
+
+
+def _get_model() -> _Model:
+    global _model
+    if _model is None:
+        with _model_lock:
+            if _model is None:
+                _model = _Model()
+    return _model
+
+
+def supported_languages() -> list[str]:
+    """Language codes langdetect can return (loads the profiles)."""
+    return list(_get_model().langs)
+
+
+def _prepare(model: _Model, text: str) -> str:
+    text = model.url_re.sub(" ", text)
+    text = model.mail_re.sub(" ", text)
+    text = model.normalize_vi(text)
+    text = _SPACES.sub(" ", text[:_MAX_TEXT_LENGTH])
+    if not text.isascii():
+        latin = sum(1 for ch in text if "A" <= ch <= "z")
+        non_latin = sum(1 for ch in text if ch >= "\u0300" and model.unicode_block(ch) != "Latin Extended Additional")
+        if latin * 2 < non_latin:
+            text = "".join(ch for ch in text if ch < "A" or ch > "z")
+    return text
+
+
+def _word_ngrams(probs: dict[str, list[float]], word: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """Profile n-grams of one normalised word: those inside it, and those its following space closes."""
+    inside: list[str] = []
+    padded = " " + word
+    upper_before = False
+    for i in range(1, len(padded)):
+        ch = padded[i]
+        upper = ch.isupper()
+        if not (upper and upper_before):  # inside an all-caps run langdetect emits nothing
+            if ch in probs:
+                inside.append(ch)
+            gram = padded[i - 1 : i + 1]
+            if gram in probs:
+                inside.append(gram)
+            if i >= 2:
+                gram = padded[i - 2 : i + 1]
+                if gram in probs:
+                    inside.append(gram)
+        upper_before = upper
+    tail = padded[-2:] + " "
+    closing = tuple(gram for gram in (tail[1:], tail) if gram in probs)
+    return tuple(inside), closing
+
+
+def _ngrams(model: _Model, text: str) -> list[str]:
+    out: list[str] = []
+    words = text.translate(model.table).split(" ")
+    cache = model.word_cache
+    last = len(words) - 1
+    for index, word in enumerate(words):
+        if not word:
+            continue
+        grams = cache.get(word)
+        if grams is None:
+            grams = _word_ngrams(model.probs, word)
+            if len(cache) >= _WORD_CACHE_SIZE:
+                cache.clear()  # a crude bound; the cache only saves recomputing a pure function
+            cache[word] = grams
+        out.extend(grams[0])
+        if index < last:
+            out.extend(grams[1])
+    return out
+
+
+def _trials(model: _Model, ngrams: list[str]) -> list[float]:
+    """Mean language probabilities over the seven trials (langdetect's ``_detect_block``), exactly.
+
+    Two exact shortcuts keep this fast: languages that give every n-gram of this text probability 0 share one
+    trajectory (each step multiplies them all by ``weight + 0.0``), so they are updated once; and the five
+    updates between two convergence checks are applied in one pass per language, multiplying left to right
+    as langdetect's five separate passes do. Sums run over all languages in profile order, as langdetect's.
+    """
+    probs = model.probs
+    n_langs = len(model.langs)
+    mask = 0
+    for gram in set(ngrams):
+        mask |= model.nonzero_mask(gram)
+    active = [j for j in range(n_langs) if mask >> j & 1]
+    # Position of each language in the active vector, or -1 for the shared all-zero trajectory.
+    source = [-1] * n_langs
+    for k, j in enumerate(active):
+        source[j] = k
+    if len(active) > 1:
+        take: Callable[[list[float]], Any] = itemgetter(*active)
+    else:
+        take = (lambda row: (row[active[0]],)) if active else (lambda row: ())
+    reduced: dict[str, Any] = {}  # only the n-grams actually drawn are reduced to the active languages
+
+    rng = random.Random(_SEED)
+    draw = rng.choice
+
+    def choice() -> Any:
+        gram = draw(ngrams)
+        row = reduced.get(gram)
+        if row is None:
+            row = reduced[gram] = take(probs[gram])
+        return row
+
+    mean = [0.0] * n_langs
+    for _ in range(_TRIALS):
+        prob = [1.0 / n_langs] * len(active)
+        rest = 1.0 / n_langs
+        w = (_ALPHA + rng.gauss(0.0, 1.0) * _ALPHA_WIDTH) / _BASE_FREQ
+        a = choice()  # langdetect checks convergence after the first pick, then after every fifth
+        prob = [p * (w + qa) for p, qa in zip(prob, a, strict=True)]
+        rest = rest * (w + 0.0)
+        i = 0
+        while True:
+            full = [prob[k] if k >= 0 else rest for k in source]
+            total = sum(full)
+            prob = [p / total for p in prob]
+            rest = rest / total
+            top = max(prob) if len(active) == n_langs else max(max(prob, default=0.0), rest)
+            if top > _CONV_THRESHOLD or i >= _ITERATION_LIMIT:
+                break
+            a, b, c, d, e = choice(), choice(), choice(), choice(), choice()
+            prob = [
+                p * (w + qa) * (w + qb) * (w + qc) * (w + qd) * (w + qe)
+                for p, qa, qb, qc, qd, qe in zip(prob, a, b, c, d, e, strict=True)
+            ]
+            rest = rest * (w + 0.0) * (w + 0.0) * (w + 0.0) * (w + 0.0) * (w + 0.0)
+            i += 5
+        mean = [m + (prob[k] if k >= 0 else rest) / _TRIALS for m, k in zip(mean, source, strict=True)]
+    return mean
+
+
+def detect(text: str) -> str:
+    """The language ``langdetect.detect(text)`` returns with ``DetectorFactory.seed = 0``.
+
+    Returns:
+        A langdetect language code (``"en"``, ``"zh-cn"``, ...) or ``"unknown"``.
+
+    Raises:
+        UndetectableLanguage: where langdetect raises "No features in text" (no letters it knows).
+    """
+    model = _get_model()
+    ngrams = _ngrams(model, _prepare(model, text))
+    if not ngrams:
+        raise UndetectableLanguage("no language features in the text")
+    best, best_p = "unknown", _PROB_THRESHOLD
+    for lang, p in zip(model.langs, _trials(model, ngrams), strict=True):
+        if p > best_p:  # the first of equal maxima, as langdetect's stable descending sort
+            best, best_p = lang, p
+    return best

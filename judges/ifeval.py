@@ -1,0 +1,198 @@
+"""IFEval judge: verifiable instruction following (Zhou et al. 2023), prompt-level, strict or loose.
+
+Each sample carries IFEval's own data format in its metadata: ``instruction_id_list`` (list of ids such as
+``"punctuation:no_comma"``) and ``kwargs`` (one dict per id, same order). A task may instead fix the
+instructions for all its prompts in ``params`` (``instruction_id_list``/``kwargs``); those are validated when
+the judge is built, and then take precedence over the metadata.
+
+Verdict: 1 when every instruction is followed, else 0 (the reason names the failed ids and lists each
+instruction's result); -1 when the sample's instructions are unusable (unknown id, missing or invalid kwarg,
+mismatched lengths), which is a data problem and not the policy's fault.
+
+Modes, as IFEval's ``evaluation_lib``:
+
+* ``strict``: each instruction is checked on the response as is; an empty (whitespace-only) response
+  violates every instruction.
+* ``loose``: an instruction is followed when any of eight variants follows it: the response, the response
+  without its first line, without its last line, without both (these three stripped), and each of those
+  four with every ``*`` removed. Empty variants are skipped.
+
+The checkers (:mod:`cgpo_judges._ifeval_checks`) and the text utilities (:mod:`cgpo_judges._ifeval_text`)
+re-implement the reference behaviour without NLTK; language identification is langdetect's, seeded with 0
+(:mod:`cgpo_judges._ifeval_langdetect`). On the 541 IFEval prompts with GPT-4's responses the strict and loose
+verdicts equal the reference's (``tests/judges/test_ifeval.py``).
+
+The judge keeps no state between calls: checkers are immutable closures and the language cache lives for one
+call, so one instance can be shared between threads.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar, Literal
+
+from cgpo.judging import Judge, Verdict, failed, satisfied, violated
+from cgpo.schema import Invalid
+from cgpo_judges._ifeval_checks import INSTRUCTIONS, Check, KwargError, build_check
+
+__all__ = ["IFEvalJudge", "IFEvalParams", "instruction_results"]
+
+Mode = Literal["strict", "loose"]
+
+
+@dataclass(frozen=True)
+class IFEvalParams:
+    """Settings of :class:`IFEvalJudge`.
+
+    Attributes:
+        mode: ``strict`` (the response as is) or ``loose`` (any of IFEval's eight response variants).
+        instruction_id_list: Instructions for every prompt of the task; ``None`` reads them per sample from
+            the metadata key of the same name.
+        kwargs: One kwargs dict per id in ``instruction_id_list`` (``None`` values are ignored). Omit it only
+            when no instruction takes arguments.
+        undetected_language: Verdict of a language instruction when langdetect finds no language features (no
+            letters at all). The reference counts it as followed (``satisfied``); the default counts it as a
+            violation, so that a response without words cannot satisfy "answer in Hindi".
+    """
+
+    mode: Mode = "strict"
+    instruction_id_list: list[str] | None = None
+    kwargs: list[dict[str, Any]] | None = None
+    undetected_language: Literal["violated", "satisfied"] = "violated"
+
+    def __post_init__(self) -> None:
+        if self.instruction_id_list is None:
+            if self.kwargs is not None:
+                raise Invalid("kwargs", "given without instruction_id_list")
+            return
+        if not self.instruction_id_list:
+            raise Invalid("instruction_id_list", "must name at least one instruction (or be left out)")
+        for i, instruction_id in enumerate(self.instruction_id_list):
+            if instruction_id not in INSTRUCTIONS:
+                raise Invalid(("instruction_id_list", i), f"unknown IFEval instruction id {instruction_id!r}")
+        kwargs = self.kwargs if self.kwargs is not None else [{}] * len(self.instruction_id_list)
+        if len(kwargs) != len(self.instruction_id_list):
+            raise Invalid("kwargs", f"has {len(kwargs)} entries for {len(self.instruction_id_list)} instruction ids")
+        for i, (instruction_id, kw) in enumerate(zip(self.instruction_id_list, kwargs, strict=True)):
+            try:
+                build_check(instruction_id, kw)
+            except KwargError as exc:
+                raise Invalid(("kwargs", i, exc.kwarg) if exc.kwarg else ("kwargs", i), str(exc)) from None
+
+
+def _compile(ids: Any, kwargs: Any, undetected_passes: bool) -> tuple[list[str], list[Check]]:
+    """Validate one instruction list and build its checkers; raises :class:`KwargError` or ``ValueError``."""
+    if not isinstance(ids, list | tuple) or not all(isinstance(i, str) for i in ids):
+        raise ValueError(f"instruction_id_list must be a list of strings, got {ids!r}"[:300])
+    if not ids:
+        raise ValueError("instruction_id_list is empty")
+    if kwargs is None:
+        kwargs = [{}] * len(ids)
+    if not isinstance(kwargs, list | tuple) or len(kwargs) != len(ids):
+        raise ValueError(f"kwargs must be a list of {len(ids)} dicts, one per instruction id")
+    checks = [build_check(i, kw, undetected_passes=undetected_passes) for i, kw in zip(ids, kwargs, strict=True)]
+    return list(ids), checks
+
+
+def _loose_variants(response: str) -> list[str]:
+    """IFEval's eight loose variants, duplicates and empty ones removed (order kept; any-pass is order-free)."""
+    lines = response.split("\n")
+    first = "\n".join(lines[1:]).strip()
+    last = "\n".join(lines[:-1]).strip()
+    both = "\n".join(lines[1:-1]).strip()
+    variants = [response, response.replace("*", ""), first, last, both]
+    variants += [first.replace("*", ""), last.replace("*", ""), both.replace("*", "")]
+    return [v for v in dict.fromkeys(variants) if v.strip()]
+
+
+class _LanguageCache:
+    """Language of each text, computed at most once per judge call (langdetect is the slow part)."""
+
+    def __init__(self) -> None:
+        self._seen: dict[str, str | None] = {}
+
+    def __call__(self, text: str) -> str | None:
+        if text not in self._seen:
+            from cgpo_judges._ifeval_langdetect import UndetectableLanguage, detect
+
+            try:
+                self._seen[text] = detect(text)
+            except UndetectableLanguage:
+                self._seen[text] = None
+        return self._seen[text]
+
+
+def _follow_list(response: str, checks: Sequence[Check], mode: Mode, language: _LanguageCache) -> list[bool]:
+    if mode == "strict":
+        if not response.strip():
+            return [False] * len(checks)
+        return [bool(check(response, language)) for check in checks]
+    variants = _loose_variants(response)
+    return [any(check(v, language) for v in variants) for check in checks]
+
+
+def instruction_results(
+    response: str,
+    instruction_id_list: Sequence[str],
+    kwargs: Sequence[Mapping[str, Any] | None] | None,
+    mode: Mode = "strict",
+    undetected_language: Literal["violated", "satisfied"] = "violated",
+) -> list[bool]:
+    """Whether ``response`` follows each instruction (IFEval's ``follow_instruction_list``).
+
+    Raises:
+        KwargError: an unknown id or a missing/invalid kwarg.
+        ValueError: malformed lists.
+    """
+    _, checks = _compile(
+        list(instruction_id_list), None if kwargs is None else list(kwargs), undetected_language == "satisfied"
+    )
+    return _follow_list(response, checks, mode, _LanguageCache())
+
+
+class IFEvalJudge(Judge):
+    """All 25 IFEval instructions; 1 when every instruction of the prompt is followed (prompt-level)."""
+
+    Params = IFEvalParams
+    kind: ClassVar[Literal["rule", "llm"]] = "rule"
+    description = "IFEval verifiable instructions (25 ids), prompt-level strict or loose"
+
+    def __init__(self, params: Any = None, **kwargs: Any) -> None:
+        super().__init__(params, **kwargs)
+        p: IFEvalParams = self.params
+        self._undetected_passes = p.undetected_language == "satisfied"
+        self._fixed: tuple[list[str], list[Check]] | None = None
+        if p.instruction_id_list is not None:
+            self._fixed = _compile(p.instruction_id_list, p.kwargs, self._undetected_passes)
+
+    def judge_batch(
+        self, prompts: Sequence[str], completions: Sequence[str], metadata: Sequence[Mapping[str, Any]]
+    ) -> list[Verdict]:
+        language = _LanguageCache()
+        return [self._judge_one(c, m, language) for c, m in zip(completions, metadata, strict=True)]
+
+    def _judge_one(self, completion: Any, meta: Mapping[str, Any], language: _LanguageCache) -> Verdict:
+        if not isinstance(completion, str):
+            return failed(f"completion is {type(completion).__name__}, not a string")
+        if self._fixed is not None:
+            ids, checks = self._fixed
+        else:
+            if "instruction_id_list" not in meta:
+                return failed("metadata has no 'instruction_id_list' (and params fix no instructions)")
+            try:
+                ids, checks = _compile(meta["instruction_id_list"], meta.get("kwargs"), self._undetected_passes)
+            except (KwargError, ValueError) as exc:
+                return failed(f"unusable IFEval metadata: {exc}"[:500])
+        mode: Mode = self.params.mode
+        if mode == "strict" and not completion.strip():
+            return violated(f"empty response; {len(ids)} instruction(s) not followed")
+        try:
+            follows = _follow_list(completion, checks, mode, language)
+        except (RecursionError, MemoryError) as exc:  # e.g. json.loads on absurdly deep nesting
+            return failed(f"checker raised {type(exc).__name__}")
+        detail = " ".join(f"{i}={int(f)}" for i, f in zip(ids, follows, strict=True))
+        failed_ids = [i for i, f in zip(ids, follows, strict=True) if not f]
+        if failed_ids:
+            return violated(f"{mode}: not followed: {', '.join(failed_ids)} [{detail}]")
+        return satisfied(f"{mode}: all {len(ids)} followed [{detail}]")
