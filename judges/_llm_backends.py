@@ -39,7 +39,7 @@ import time
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 from urllib.parse import urlsplit
 
 #: Longest response body read from a judge server; a chat completion of a few tokens is far smaller.
@@ -130,7 +130,10 @@ class LocalBackend:
         self.device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device)
         self.tokenizer = AutoTokenizer.from_pretrained(model, local_files_only=local_only)
         torch_dtype = _resolve_dtype(torch, dtype, self.device)
-        self.model = AutoModelForCausalLM.from_pretrained(model, dtype=torch_dtype, local_files_only=local_only)
+        # Any: transformers types from_pretrained per architecture; we only call forward, to() and eval().
+        self.model: Any = cast(
+            Any, AutoModelForCausalLM.from_pretrained(model, dtype=torch_dtype, local_files_only=local_only)
+        )
         self.model.to(self.device)
         self.model.eval()
         self.batch_size = batch_size
@@ -190,7 +193,10 @@ class LocalBackend:
             todo.sort(key=lambda i: len(encoded[i]))
             for start in range(0, len(todo), self.batch_size):
                 chunk = todo[start : start + self.batch_size]
-                scores = self._score([encoded[i] for i in chunk])
+                try:
+                    scores: list[list[float] | str] = list(self._score([encoded[i] for i in chunk]))
+                except Exception as exc:  # noqa: BLE001 - e.g. out of memory on one batch: -1 for it, not the call
+                    scores = [f"judge model failed on its batch: {type(exc).__name__}: {exc}"[:300]] * len(chunk)
                 for i, row in zip(chunk, scores, strict=True):
                     out[i] = row
         return out

@@ -130,6 +130,10 @@ class LLMJudgeParams:
             self._check_template(self.template)
         if self.prompt_format == "conversation" and not self.allows_conversation:
             raise Invalid("prompt_format", "'conversation' is only available to the safety judge")
+        if self.prompt_format == "conversation" and self.template is not None:
+            raise Invalid(
+                "template", "not used with prompt_format 'conversation' (the chat template builds the prompt)"
+            )
         if not 0.0 < self.threshold < 1.0:
             raise Invalid("threshold", f"must be strictly between 0 and 1, got {self.threshold}")
         if not _DEVICE.match(self.device):

@@ -21,6 +21,7 @@ import torch
 
 from cgpo.judging import JUDGES, JudgeConfigError
 from cgpo.schema import SchemaError, build
+from cgpo.testing import Sample, assert_judge_conforms
 from cgpo_judges import _llm_templates as tpl
 from cgpo_judges.llm import (
     FactualityJudge,
@@ -195,6 +196,7 @@ BAD_PARAMS = [
     (SafetyParams, {"model": "m", "positive_label": ""}, "positive_label", "empty"),
     (SafetyParams, {"model": "m", "prompt_format": "chatml"}, "prompt_format", "one of"),
     (FactualityParams, {"model": "m", "prompt_format": "conversation"}, "prompt_format", "safety judge"),
+    (SafetyParams, {"model": "m", "prompt_format": "conversation", "template": "{completion}"}, "template", "not used"),
     (FactualityParams, {"model": "m", "template": "{prompt}"}, "template", "must contain {completion}"),
     (FactualityParams, {"model": "m", "template": "{} {completion}"}, "template", "not a plain name"),
     (FactualityParams, {"model": "m", "template": "{completion!r}"}, "template", "conversion"),
@@ -459,3 +461,70 @@ def test_factuality_answer_key(oracle_dir):
         verdicts = judge(["q"] * 3, ["x-", "x-", "x+"], [{"gold": "g"}, {"answer": "not this key"}, {"gold": 7}])
     assert [v.value for v in verdicts] == [0, 1, 1]
     assert verdicts[1].reason == "no ground truth"
+
+
+# -- contract --------------------------------------------------------------------------------------------------------
+
+
+def test_a_failing_batch_fails_only_its_samples(oracle_dir):
+    with _template_judge(oracle_dir, batch_size=1) as judge:
+        model = judge._local.model
+
+        def flaky(*, input_ids, **kwargs):
+            if input_ids.shape[1] > 12:
+                raise RuntimeError("CUDA out of memory (simulated)")
+            return model(input_ids=input_ids, **kwargs)
+
+        judge._local.model = flaky
+        verdicts = judge(["p"] * 3, ["a+", "a much longer one-", "b-"])
+    assert [v.value for v in verdicts] == [1, -1, 0]
+    assert "judge model failed on its batch: RuntimeError: CUDA out of memory" in verdicts[1].reason
+
+
+def test_local_judge_conforms(oracle_dir):
+    import contextlib
+
+    @contextlib.contextmanager
+    def broken_model(judge):
+        model = judge._local.model
+
+        def raise_(**kwargs):
+            raise RuntimeError("device lost")
+
+        judge._local.model = raise_
+        try:
+            yield
+        finally:
+            judge._local.model = model
+
+    samples = [*DEFAULT_SAMPLES_SHORT, Sample("q", "ends in plus+"), Sample("q", "ends in minus-")]
+    assert_judge_conforms(
+        TemplateJudge,
+        samples,
+        params={"model": str(oracle_dir), "template": "{completion}", "positive_label": "Y", "negative_label": "N"},
+        failure_injectors={"model raises": broken_model},
+    )
+
+
+DEFAULT_SAMPLES_SHORT = [
+    Sample("What is 2 + 2?", "4"),
+    Sample("Say hello.", ""),  # an empty completion renders an empty input: -1, not a crash
+    Sample("Réponds.", "Voilà : ünïcödé 🙂"),  # characters outside the tiny vocabulary become <unk>
+    Sample("Repeat yes.", "yes " * 100),  # longer than the oracle's 256 positions: -1
+]
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_matches_cpu(policy_dir):
+    with (
+        _template_judge(policy_dir, device="cpu") as cpu,
+        _template_judge(policy_dir, device="cuda", dtype="float32") as gpu,
+        _template_judge(policy_dir) as auto,
+    ):
+        want, got, got_auto = cpu(PROMPTS, COMPLETIONS), gpu(PROMPTS, COMPLETIONS), auto(PROMPTS, COMPLETIONS)
+    assert auto._local.device.type == "cuda"
+    for a, b in zip(got, want, strict=True):
+        assert a.value == b.value and a.probability == pytest.approx(b.probability, abs=1e-4)
+    for a, b in zip(got_auto, want, strict=True):  # bfloat16 weights: close, not equal
+        assert a.probability == pytest.approx(b.probability, abs=5e-2)
