@@ -172,6 +172,14 @@ _spawner: ThreadPoolExecutor | None = None
 _spawner_lock = threading.Lock()
 
 
+def _forget_spawner() -> None:
+    global _spawner
+    _spawner = None  # its thread does not exist in a forked child
+
+
+os.register_at_fork(after_in_child=_forget_spawner)
+
+
 def _spawn(cmd: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
     """Start a worker from one long-lived thread, so PR_SET_PDEATHSIG follows the process, not a caller."""
     global _spawner
@@ -197,6 +205,7 @@ class _Worker:
 
     def __init__(self, proc: subprocess.Popen[bytes], start_deadline: float) -> None:
         self.proc = proc
+        self.owner_pid = os.getpid()
         self.fd = proc.stdout.fileno()  # type: ignore[union-attr]
         self.buffer = b""
         self.state: Literal["starting", "idle", "busy"] = "starting"
@@ -241,7 +250,9 @@ class _Worker:
 
 def _kill_all(workers: list[_Worker]) -> None:
     while workers:
-        workers.pop().kill()
+        worker = workers.pop()
+        if worker.owner_pid == os.getpid():  # never the workers of the process we were forked from
+            worker.kill()
 
 
 class WorkerPool:
@@ -287,6 +298,7 @@ class WorkerPool:
         self.start_timeout_seconds = float(start_timeout_seconds)
         self.max_result_bytes = max_result_bytes
         self._lock = threading.Lock()
+        self._owner_pid = os.getpid()
         self._workers: list[_Worker] = []
         self._finalizer = weakref.finalize(self, _kill_all, self._workers)
 
@@ -303,6 +315,11 @@ class WorkerPool:
         if not jobs:
             return []
         with self._lock:
+            if os.getpid() != self._owner_pid:
+                # A fork of the owner (e.g. a fork-started data loader) shares the owner's pipes: forget
+                # those workers without killing them, and start this process's own.
+                self._workers.clear()
+                self._owner_pid = os.getpid()
             return self._run(jobs)
 
     def close(self) -> None:

@@ -96,6 +96,7 @@ class MathParams:
 # ----------------------------------------------------------------------------------------------------
 
 _DECIMAL = re.compile(r"[-+]?(?:(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?|\.\d+)")
+_SPACE_GROUPED = re.compile(r"[-+]?\d{1,3}(?:[ \u2009\u202f]\d{3})+(?:\.\d+)?")
 _SLASH_FRACTION = re.compile(r"([-+]?\d{1,50})\s*/\s*(\d{1,50})")
 _LATEX_FRACTION = re.compile(r"([-+]?)\\[dt]?frac\{\s*([-+]?\d{1,50})\s*\}\{\s*(\d{1,50})\s*\}")
 _CURRENCY = re.compile(r"^([-+]?)\s*(?:\\\$|\$)\s*")
@@ -111,7 +112,7 @@ def strip_percent(text: str) -> str:
 def plain_number(text: str) -> Fraction | None:
     r"""The exact value of a plain number, or ``None`` when ``text`` is anything else.
 
-    Accepted: ``1234``, ``1,234`` (correct groups only: ``1,23`` is not a number), ``-0.5``, ``.5``,
+    Accepted: ``1234``, ``1,234`` or ``1 234`` (correct groups only: ``1,23`` is not a number), ``-0.5``, ``.5``,
     ``3/4``, ``\frac{3}{4}``, with an optional leading ``$`` / ``\$`` and trailing ``%`` / ``\%``;
     LaTeX thousands separators ``{,}`` and ``\,`` and the unicode minus are normalised first.
     """
@@ -124,6 +125,8 @@ def plain_number(text: str) -> Fraction | None:
     if currency:
         s = currency.group(1) + s[currency.end() :]
     s = s.strip()
+    if _SPACE_GROUPED.fullmatch(s):  # SI style "114 200": spaces only between exact groups of three
+        s = re.sub(r"[ \u2009\u202f]", "", s)
     if _DECIMAL.fullmatch(s):
         return Fraction(Decimal(s.replace(",", "")))
     match = _SLASH_FRACTION.fullmatch(s)
@@ -145,6 +148,7 @@ def plain_number(text: str) -> Fraction | None:
 
 _FINAL_PHRASE = re.compile(r"the\s{1,8}final\s{1,8}answer\s{1,8}is\b[ \t]*:?", re.IGNORECASE)
 _SENTENCE_END = re.compile(r"\n|\.(?=\s|$)")
+_ANSWER_LIKE = re.compile(r"[\d$]|\\[(\[]|\\(?:boxed|fbox|frac|sqrt)")
 _BOXED = re.compile(r"\\(?:boxed|fbox)\s*\{")
 _BRACE_TOKEN = re.compile(r"\\.|[{}]", re.DOTALL)  # an escape (``\{``, ``\\``) or a bare brace
 _GSM8K_MARK = "####"
@@ -239,9 +243,10 @@ def extract_final_answer(text: str, max_chars: int) -> Extraction:
     for m in matches[:-1]:
         window = text[m.end() : m.end() + max_chars + 2]
         end = _SENTENCE_END.search(window)
-        # A phrase without a sentence end within the cap is prose, not an answer. (``$`` also matches
-        # at the cut-off end of the window, hence the bound on the position.)
-        if end is not None and end.start() <= max_chars:
+        # An earlier phrase is a candidate answer when its sentence ends within the cap and holds a digit or
+        # math ("the final answer is not obvious yet." is prose). ``$`` also matches at the cut-off end of
+        # the window, hence the bound on the position.
+        if end is not None and end.start() <= max_chars and _ANSWER_LIKE.search(window[: end.start()]):
             others.append(peel(window[: end.start()]))
     rest = text[matches[-1].end() :]
     end = _SENTENCE_END.search(rest)

@@ -170,6 +170,8 @@ def test_gsm8k_extraction_is_strict(text):
         ("\\dfrac{6}{8}", Fraction(3, 4)),
         ("12\\%", Fraction(12)),
         ("1{,}000", Fraction(1000)),
+        ("1 000 000.5", Fraction(2000001, 2)),
+        ("114\\,200", Fraction(114200)),
         ("\u22123", Fraction(-3)),
     ],
 )
@@ -177,7 +179,9 @@ def test_plain_numbers(text, value):
     assert plain_number(text) == value
 
 
-@pytest.mark.parametrize("text", ["1,23", "12,3456", "1e5", "x", "3 or 4", "1/0", "1.2.3", "", "5 dollars", "--5"])
+@pytest.mark.parametrize(
+    "text", ["1,23", "12,3456", "3 4", "1 00", "1e5", "x", "3 or 4", "1/0", "1.2.3", "", "5 dollars", "--5"]
+)
 def test_not_plain_numbers(text):
     assert plain_number(text) is None
 
@@ -206,6 +210,8 @@ def test_fast_path_decides_plain_numbers_without_workers():
         ("The final answer is 18. The final answer is 19.", "19", VIOLATED),  # not the final sentence
         ("The final answer is 18.\nSo the final answer is 19.", "19", VIOLATED),  # two different answers
         ("The final answer is 18. Indeed, the final answer is $18$.", "18", SATISFIED),
+        ("I wonder if the final answer is obvious.\nThe final answer is 18.", "18", SATISFIED),  # prose
+        ("Maybe the final answer is $\\frac{1}{3}$. No.\nThe final answer is 18.", "18", VIOLATED),
         ("18", "18", VIOLATED),  # a correct answer in another format is a violation
         ("The answer is 18.", "18", VIOLATED),
     ]
@@ -360,6 +366,23 @@ def test_a_worker_killed_from_outside_is_replaced(judge):
         SATISFIED,
         VIOLATED,
     ]
+
+
+def test_a_forked_child_starts_its_own_workers_and_leaves_the_parents_alone(judge):
+    assert values(judge, ["The final answer is $x+x$."], ["2x"]) == [SATISFIED]
+    parent_pids = judge._workers().pids
+    child = os.fork()
+    if child == 0:  # pragma: no cover - runs in the child
+        code = 1
+        try:
+            ok = values(judge, ["The final answer is $3x$."], ["x+2x"]) == [SATISFIED]
+            code = 0 if ok and set(judge._workers().pids).isdisjoint(parent_pids) else 1
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(child, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert judge._workers().pids == parent_pids
+    assert values(judge, ["The final answer is $x^2$."], ["x \\cdot x"]) == [SATISFIED]
 
 
 def test_close_kills_workers_and_a_later_call_restarts_them():
