@@ -343,7 +343,12 @@ def gold_answer(value: Any) -> str | None:
     r"""The gold answer as a string: a number, the part after ``####``, the last ``\boxed{}``, or LaTeX."""
     if isinstance(value, bool) or value is None:
         return None
-    if isinstance(value, int | float | Decimal | Fraction):
+    if isinstance(value, float | Decimal):
+        number = Decimal(repr(value)) if isinstance(value, float) else value
+        if not number.is_finite():
+            return None
+        text = format(number, "f")  # 1e20 -> "100000000000000000000", which the fast path reads
+    elif isinstance(value, int | Fraction):
         text = str(value)
     elif isinstance(value, str):
         text = value

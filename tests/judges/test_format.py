@@ -6,6 +6,7 @@ import pytest
 
 from cgpo.judging import FAILED, SATISFIED, VIOLATED
 from cgpo.schema import SchemaError
+from cgpo.testing import assert_judge_conforms
 from cgpo_judges.format import FormatJudge
 
 
@@ -122,3 +123,7 @@ def test_deterministic_and_stateless():
     first = judge([""] * 4, batch)
     assert judge([""] * 4, batch) == first
     assert [v.value for v in first] == [SATISFIED, VIOLATED, VIOLATED, SATISFIED]
+
+
+def test_format_judge_conforms():
+    assert_judge_conforms(FormatJudge, params={"max_words": 5, "must_not_match": ["(?i)sorry"]})

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -17,6 +18,7 @@ import pytest
 
 from cgpo.judging import FAILED, SATISFIED, VIOLATED
 from cgpo.schema import SchemaError
+from cgpo.testing import Sample, assert_judge_conforms
 from cgpo_judges._workers import WorkerPool
 from cgpo_judges.math import MathJudge, extract_boxed, extract_final_answer, extract_gsm8k, plain_number
 
@@ -224,11 +226,12 @@ def test_gold_forms():
     judge = MathJudge(answer_format="gsm8k")
     golds = ["Janet sells 9 eggs.\n#### 1,234", 1234, 1234.0, "1234", "\\boxed{1234}", "so $\\boxed{1,234}$."]
     assert values(judge, ["#### 1234"] * len(golds), golds) == [SATISFIED] * len(golds)
+    assert values(judge, ["#### 100,000,000,000,000,000,000", "#### 0.1"], [1e20, 0.1]) == [SATISFIED] * 2
     assert judge._pool is None
 
 
 def test_unusable_gold_is_minus_one_never_zero(judge):
-    golds = [None, True, "", "####", {"a": 1}, "\\frac{", "\\boxed{3"]
+    golds = [None, True, "", "####", {"a": 1}, "\\frac{", "\\boxed{3", float("nan"), float("inf")]
     assert values(judge, ["The final answer is 3."] * len(golds), golds) == [FAILED] * len(golds)
     assert judge(["p"], ["The final answer is 3."], [{}])[0].value == FAILED  # no 'answer' key
 
@@ -479,3 +482,36 @@ def test_gsm8k_gold_solutions_pass_against_their_answer_and_fail_against_another
     sentences = [f"Reasoning.\nThe final answer is {n:,}." for n in numbers]
     assert {v.value for v in final(prompts, sentences, [{"answer": s} for s in solutions])} == {SATISFIED}
     assert judge._pool is None and final._pool is None  # all decided in-process
+
+
+# ---------------------------------------------------------------------------------------------------
+# Conformance kit
+# ---------------------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def workers_that_cannot_start(judge):
+    """Break the judge's own machinery: its workers die at start-up. Every verdict must then be -1."""
+    pool = judge._workers()
+    pool.close()
+    setup, pool.setup = pool.setup, "no_such_module_cgpo:setup"
+    try:
+        yield
+    finally:
+        pool.setup = setup
+        pool.close()
+
+
+def test_math_judge_conforms():
+    samples = [
+        Sample("q", "The final answer is $(x+1)^2$.", {"answer": "x^2+2x+1"}),
+        Sample("q", "The final answer is $\\sqrt{8}$.", {"answer": "2\\sqrt{2}"}),
+        Sample("q", "The final answer is $[1,2)$.", {"answer": "(1,2]"}),
+        Sample("q", "The final answer is $\\{3,1\\}$.", {"answer": "\\{1,3\\}"}),
+    ]
+    assert_judge_conforms(
+        MathJudge,
+        samples,
+        params={"timeout_seconds": 10.0},
+        failure_injectors={"workers cannot start": workers_that_cannot_start},
+    )
