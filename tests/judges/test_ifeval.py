@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -12,7 +13,7 @@ from cgpo.judging import JUDGES
 from cgpo.schema import SchemaError
 from cgpo_judges._ifeval_checks import INSTRUCTIONS, KwargError, build_check
 from cgpo_judges._ifeval_text import count_capital_words, count_sentences, count_words, split_sentences
-from cgpo_judges.ifeval import IFEvalJudge, IFEvalParams, instruction_results
+from cgpo_judges.ifeval import IFEvalJudge, IFEvalParams, Mode, instruction_results
 
 EN = (
     "the quick brown fox jumps over the lazy dog while the farmer watches from the porch and "
@@ -20,8 +21,8 @@ EN = (
 )
 
 
-def follows(instruction_id: str, kwargs: dict, text: str, mode: str = "strict") -> bool:
-    return instruction_results(text, [instruction_id], [kwargs], mode)[0]
+def follows(instruction_id: str, kwargs: dict[str, Any], text: str, mode: Mode = "strict") -> bool:
+    return bool(instruction_results(text, [instruction_id], [kwargs], mode)[0])
 
 
 # (instruction id, kwargs, a response that follows it, a response that does not)
@@ -97,7 +98,7 @@ CASES = [
 
 
 @pytest.mark.parametrize(("instruction_id", "kwargs", "good", "bad"), CASES, ids=[c[0] for c in CASES])
-def test_instruction_pass_and_fail(instruction_id: str, kwargs: dict, good: str, bad: str) -> None:
+def test_instruction_pass_and_fail(instruction_id: str, kwargs: dict[str, Any], good: str, bad: str) -> None:
     assert follows(instruction_id, kwargs, good), good
     assert not follows(instruction_id, kwargs, bad), bad
 
@@ -267,13 +268,13 @@ def test_fast_language_detection_equals_langdetect(shared_data: Path) -> None:
         detector = factory.create()
         detector.append(text)
         try:
-            return detector.detect()
+            return str(detector.detect())
         except LangDetectException:
             return None
 
     def ours(text: str) -> str | None:
         try:
-            return detect(text)
+            return str(detect(text))
         except UndetectableLanguage:
             return None
 
@@ -303,7 +304,7 @@ def test_deterministic() -> None:
     assert [v.value for v in first] == [1, 1] * 3
 
 
-def _load_ifeval(shared_data: Path) -> tuple[list[dict], dict[str, str], list[dict]]:
+def _load_ifeval(shared_data: Path) -> tuple[list[dict[str, Any]], dict[str, str], list[dict[str, Any]]]:
     folder = shared_data / "ifeval"
     inputs = [json.loads(line) for line in (folder / "input_data.jsonl").open()]
     responses = {r["prompt"]: r["response"] for r in map(json.loads, (folder / "responses_gpt4.jsonl").open())}
@@ -313,7 +314,7 @@ def _load_ifeval(shared_data: Path) -> tuple[list[dict], dict[str, str], list[di
 
 
 @pytest.mark.parametrize("mode", ["strict", "loose"])
-def test_agreement_with_reference_verdicts(shared_data: Path, mode: str) -> None:
+def test_agreement_with_reference_verdicts(shared_data: Path, mode: Mode) -> None:
     inputs, responses, reference = _load_ifeval(shared_data)
     judge = IFEvalJudge(mode=mode)
     verdicts = judge(
@@ -338,3 +339,25 @@ def test_agreement_with_reference_verdicts(shared_data: Path, mode: str) -> None
     print(f"{mode}: prompt-level {prompt_agree}/541, instruction-level {inst_agree}/{inst_total}")
     assert prompt_agree / 541 >= 0.99, f"disagreements: {disagreements}; per instruction id: {+per_id}"
     assert inst_total == 834 and inst_agree / inst_total >= 0.99, f"per instruction id: {+per_id}"
+
+
+@pytest.mark.parametrize("mode", ["strict", "loose"])
+def test_conformance_kit(mode: str) -> None:
+    from cgpo.testing import Sample, assert_judge_conforms
+
+    def meta(ids: list[str], kwargs: list[dict[str, Any]]) -> dict[str, Any]:
+        return {"instruction_id_list": ids, "kwargs": kwargs}
+
+    samples = [
+        Sample("p", EN, meta(["change_case:english_lowercase", "punctuation:no_comma"], [{}, {}])),
+        Sample("p", "Ein kurzer Satz auf Deutsch.", meta(["language:response_language"], [{"language": "de"}])),
+        Sample(
+            "p",
+            "**One.** Two.\nThree!",
+            meta(["length_constraints:number_sentences"], [{"num_sentences": 3, "relation": "at least"}]),
+        ),
+        Sample("p", "", meta(["detectable_format:title"], [{}])),
+        Sample("p", "x", meta(["keywords:nope"], [{}])),
+        Sample("p", "HELLO WORLD", {}),
+    ]
+    assert_judge_conforms(IFEvalJudge, samples, params={"mode": mode})
