@@ -46,12 +46,21 @@ def naive_language_detection() -> Iterator[None]:
         except LangDetectException as exc:
             raise fast.UndetectableLanguage(str(exc)) from None
 
-    original = fast.detect
-    fast.detect = detect  # type: ignore[assignment]
+    def detect_many(texts: list[str]) -> list[str | None]:
+        out: list[str | None] = []
+        for text in texts:
+            try:
+                out.append(detect(text))
+            except fast.UndetectableLanguage:
+                out.append(None)
+        return out
+
+    originals = fast.detect, fast.detect_many
+    fast.detect, fast.detect_many = detect, detect_many  # type: ignore[assignment]
     try:
         yield
     finally:
-        fast.detect = original  # type: ignore[assignment]
+        fast.detect, fast.detect_many = originals  # type: ignore[assignment]
 
 
 def timed(judge: Any, batch: tuple[list[str], list[str], list[dict[str, Any]]]) -> tuple[float, int]:

@@ -31,12 +31,13 @@ from __future__ import annotations
 
 import random
 import re
+import sys
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from operator import itemgetter
 from typing import Any
 
-__all__ = ["UndetectableLanguage", "detect"]
+__all__ = ["UndetectableLanguage", "detect", "detect_many"]
 
 _SEED = 0  # IFEval's reference verdicts were produced with DetectorFactory.seed = 0
 _TRIALS = 7
@@ -49,6 +50,8 @@ _PROB_THRESHOLD = 0.1
 _MAX_TEXT_LENGTH = 10000
 _SPACES = re.compile(" {2,}")
 _WORD_CACHE_SIZE = 200_000
+# langdetect normalises with builtin sum(); before Python 3.12 that adds floats left to right.
+_SEQUENTIAL_SUM = sys.version_info < (3, 12)
 
 
 class UndetectableLanguage(ValueError):
@@ -68,6 +71,28 @@ class _NormalizedChars(dict[int, str]):
         return value
 
 
+class _ScriptClasses(dict[int, str]):
+    """``str.translate`` table: code point -> "L" (langdetect counts it Latin), "N" (non-Latin) or ""."""
+
+    def __init__(self, unicode_block: Callable[[str], Any]) -> None:
+        super().__init__()
+        self._unicode_block = unicode_block
+
+    def __missing__(self, code: int) -> str:
+        ch = chr(code)
+        if "A" <= ch <= "z":
+            value = "L"
+        elif ch >= "\u0300" and self._unicode_block(ch) != "Latin Extended Additional":
+            value = "N"
+        else:
+            value = ""
+        self[code] = value
+        return value
+
+
+_DROP_ASCII_LATIN = dict.fromkeys(range(ord("A"), ord("z") + 1))
+
+
 class _Model:
     def __init__(self) -> None:
         from langdetect.detector import Detector
@@ -84,6 +109,7 @@ class _Model:
         self.normalize_vi: Callable[[str], str] = NGram.normalize_vi
         self.unicode_block: Callable[[str], Any] = unicode_block
         self.table = _NormalizedChars(NGram.normalize)
+        self.script_table = _ScriptClasses(unicode_block)
         self._masks: dict[str, int] = {}
         self.word_cache: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {}
 
@@ -120,10 +146,11 @@ def _prepare(model: _Model, text: str) -> str:
     text = model.normalize_vi(text)
     text = _SPACES.sub(" ", text[:_MAX_TEXT_LENGTH])
     if not text.isascii():
-        latin = sum(1 for ch in text if "A" <= ch <= "z")
-        non_latin = sum(1 for ch in text if ch >= "\u0300" and model.unicode_block(ch) != "Latin Extended Additional")
-        if latin * 2 < non_latin:
-            text = "".join(ch for ch in text if ch < "A" or ch > "z")
+        # langdetect's script census: "A".."z" (ASCII 65-122) counts as Latin; from U+0300 on, anything outside
+        # Latin Extended Additional counts as non-Latin. Classified per character once, counted in C.
+        census = text.translate(model.script_table)
+        if census.count("L") * 2 < census.count("N"):
+            text = text.translate(_DROP_ASCII_LATIN)
     return text
 
 
@@ -231,6 +258,26 @@ def _trials(model: _Model, ngrams: list[str]) -> Iterator[list[float]]:
         yield [prob[k] if k >= 0 else rest for k in source]
 
 
+def _decision(langs: list[str], mean: list[float], done: int) -> str | None:
+    """The language, once certain after ``done`` trials (or after all of them); ``None`` while undecided.
+
+    Exact early decision: each remaining trial adds at most 1/7 to any language (its probabilities sum to 1),
+    so a leader ahead of every other language by more than that cannot be overtaken, and its mean only grows.
+    The margin absorbs rounding (~1e-16). Consistent texts decide after 4 of the 7 trials.
+    """
+    if done < _TRIALS:
+        order = sorted(range(len(mean)), key=mean.__getitem__, reverse=True)
+        lead, second = mean[order[0]], mean[order[1]]
+        if lead > _PROB_THRESHOLD and lead - second > (_TRIALS - done) / _TRIALS + 1e-9:
+            return langs[order[0]]
+        return None
+    best, best_p = "unknown", _PROB_THRESHOLD
+    for lang, p in zip(langs, mean, strict=True):
+        if p > best_p:  # the first of equal maxima, as langdetect's stable descending sort
+            best, best_p = lang, p
+    return best
+
+
 def detect(text: str) -> str:
     """The language ``langdetect.detect(text)`` returns with ``DetectorFactory.seed = 0``.
 
@@ -247,15 +294,115 @@ def detect(text: str) -> str:
     mean = [0.0] * len(model.langs)
     for done, prob in enumerate(_trials(model, ngrams), start=1):
         mean = [m + p / _TRIALS for m, p in zip(mean, prob, strict=True)]
-        # Exact early decision: each remaining trial adds at most 1/7 to any language (its probabilities sum
-        # to 1), so a leader ahead of every other language by more than that cannot be overtaken, and its mean
-        # only grows. The margin absorbs rounding (~1e-16). Consistent texts decide after 4 of the 7 trials.
-        order = sorted(range(len(mean)), key=mean.__getitem__, reverse=True)
-        lead, second = mean[order[0]], mean[order[1]]
-        if done < _TRIALS and lead > _PROB_THRESHOLD and lead - second > (_TRIALS - done) / _TRIALS + 1e-9:
-            return model.langs[order[0]]
-    best, best_p = "unknown", _PROB_THRESHOLD
-    for lang, p in zip(model.langs, mean, strict=True):
-        if p > best_p:  # the first of equal maxima, as langdetect's stable descending sort
-            best, best_p = lang, p
-    return best
+        found = _decision(model.langs, mean, done)
+        if found is not None:
+            return found
+    raise AssertionError("unreachable: the last trial always decides")
+
+
+def _detect_or_none(text: str) -> str | None:
+    try:
+        return detect(text)
+    except UndetectableLanguage:
+        return None
+
+
+def detect_many(texts: Sequence[str]) -> list[str | None]:
+    """:func:`detect` for several texts at once (``None`` where undetectable), with identical results.
+
+    The texts' trials run in lockstep on a (texts x languages) array: each step draws every running text's
+    next n-grams from its own ``random.Random(0)`` (one at a trial's start, five otherwise, padded with
+    factors of exactly 1.0), multiplies by ``weight + P(ngram | language)`` in langdetect's order,
+    normalises each row with Python's ``sum`` (as langdetect) and checks convergence. A text that converges
+    ends its trial, possibly decides (:func:`_decision`), and otherwise starts the next trial while the
+    others go on. Elementwise float64 products and quotients are the same IEEE operations as langdetect's
+    scalar ones, so the verdicts are bit-for-bit the same; the batch only amortises the interpreter overhead.
+    """
+    import numpy as np
+
+    if random.Random._randbelow is not random.Random._randbelow_with_getrandbits:  # type: ignore[attr-defined]
+        # Another interpreter's random module: the inlined draw below may not match; go text by text.
+        return [_detect_or_none(text) for text in texts]
+    model = _get_model()
+    langs, probs = model.langs, model.probs
+    n_langs = len(langs)
+    results: list[str | None] = [None] * len(texts)
+    jobs: list[tuple[int, list[str]]] = []
+    for index, text in enumerate(texts):
+        ngrams = _ngrams(model, _prepare(model, text))
+        if ngrams:
+            jobs.append((index, ngrams))
+    if not jobs:
+        return results
+
+    row_of: dict[str, int] = {}
+    table = np.empty((256, n_langs))
+
+    def add_row(gram: str) -> int:
+        nonlocal table
+        k = row_of[gram] = len(row_of)
+        if k == len(table):
+            table = np.concatenate([table, np.empty_like(table)])
+        table[k] = probs[gram]
+        return k
+
+    count = len(jobs)
+    rngs = [random.Random(_SEED) for _ in jobs]
+    # rng.choice(seq) is seq[rng._randbelow(len(seq))], and _randbelow(n) draws getrandbits(n.bit_length())
+    # until the value is below n; it is inlined below (same calls, same order) to save two frames per pick.
+    sizes = [len(ngrams) for _, ngrams in jobs]
+    bits = [n.bit_length() for n in sizes]
+    weights = np.empty(count)
+    for t, rng in enumerate(rngs):
+        weights[t] = (_ALPHA + rng.gauss(0.0, 1.0) * _ALPHA_WIDTH) / _BASE_FREQ
+    prob = np.full((count, n_langs), 1.0 / n_langs)
+    mean = [[0.0] * n_langs for _ in jobs]
+    first = [True] * count  # the next step is the first update of a trial (one pick, then a check)
+    done = [0] * count  # completed trials
+    step_i = [0] * count  # langdetect's iteration counter within the trial
+    running = list(range(count))
+    while running:
+        picks = []
+        for t in running:
+            ngrams, getrandbits, n, k = jobs[t][1], rngs[t].getrandbits, sizes[t], bits[t]
+            picked = []
+            for _ in range(1 if first[t] else 5):
+                r = getrandbits(k)
+                while r >= n:
+                    r = getrandbits(k)
+                gram = ngrams[r]
+                j = row_of.get(gram)
+                picked.append(add_row(gram) if j is None else j)
+            picks.append(picked if len(picked) == 5 else [*picked, -1, -1, -1, -1])
+        picked_rows = np.array(picks)
+        factors = weights[running][:, None, None] + table[picked_rows]
+        padded = np.less(picked_rows, 0)
+        if padded.any():
+            factors[padded] = 1.0  # padding: multiplying by 1.0 is exact
+        p = prob[running]
+        p = p * factors[:, 0] * factors[:, 1] * factors[:, 2] * factors[:, 3] * factors[:, 4]
+        # Row sums as langdetect's builtin sum(): cumsum adds left to right, which is what sum() does before
+        # Python 3.12; from 3.12 sum() compensates rounding, so call it.
+        totals = np.cumsum(p, axis=1)[:, -1] if _SEQUENTIAL_SUM else np.array([sum(r) for r in p.tolist()])
+        p = p / totals[:, None]
+        prob[running] = p
+        top = p.max(axis=1).tolist()
+        still = []
+        for a, t in enumerate(running):
+            step_i[t] = 0 if first[t] else step_i[t] + 5
+            first[t] = False
+            if top[a] <= _CONV_THRESHOLD and step_i[t] < _ITERATION_LIMIT:
+                still.append(t)
+                continue
+            done[t] += 1
+            mean[t] = [m + q / _TRIALS for m, q in zip(mean[t], prob[t].tolist(), strict=True)]
+            found = _decision(langs, mean[t], done[t])
+            if found is not None:
+                results[jobs[t][0]] = found
+                continue
+            prob[t] = 1.0 / n_langs
+            weights[t] = (_ALPHA + rngs[t].gauss(0.0, 1.0) * _ALPHA_WIDTH) / _BASE_FREQ
+            first[t] = True
+            still.append(t)
+        running = still
+    return results

@@ -28,7 +28,7 @@ call, so one instance can be shared between threads.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
@@ -112,6 +112,14 @@ class _LanguageCache:
     def __init__(self) -> None:
         self._seen: dict[str, str | None] = {}
 
+    def prefetch(self, texts: Sequence[str]) -> None:
+        """Detect several texts in one batch (:func:`~cgpo_judges._ifeval_langdetect.detect_many`)."""
+        todo = [t for t in dict.fromkeys(texts) if t not in self._seen]
+        if len(todo) > 1:
+            from cgpo_judges._ifeval_langdetect import detect_many
+
+            self._seen.update(zip(todo, detect_many(todo), strict=True))
+
     def __call__(self, text: str) -> str | None:
         if text not in self._seen:
             from cgpo_judges._ifeval_langdetect import UndetectableLanguage, detect
@@ -121,6 +129,32 @@ class _LanguageCache:
             except UndetectableLanguage:
                 self._seen[text] = None
         return self._seen[text]
+
+
+# Language-dependent instructions and the case test each applies before detecting (short-circuit order).
+_DETECTS_WHEN: dict[str, Callable[[str], bool]] = {
+    "language:response_language": lambda text: True,
+    "change_case:english_capital": str.isupper,
+    "change_case:english_lowercase": str.islower,
+}
+
+
+def _texts_to_detect(response: str, ids: Sequence[str], mode: Mode) -> list[str]:
+    """Texts whose language the checks will certainly ask for.
+
+    Per language instruction, the first variant that passes its case test: in strict mode the response; in
+    loose mode variants are tried in order until one passes, so only the first candidate is certain.
+    """
+    if not _DETECTS_WHEN.keys() & set(ids):
+        return []
+    variants = ([response] if response.strip() else []) if mode == "strict" else _loose_variants(response)
+    out = []
+    for instruction_id in ids:
+        when = _DETECTS_WHEN.get(instruction_id)
+        first = None if when is None else next((v for v in variants if when(v)), None)
+        if first is not None:
+            out.append(first)
+    return out
 
 
 def _follow_list(response: str, checks: Sequence[Check], mode: Mode, language: _LanguageCache) -> list[bool]:
@@ -169,21 +203,37 @@ class IFEvalJudge(Judge):
     def judge_batch(
         self, prompts: Sequence[str], completions: Sequence[str], metadata: Sequence[Mapping[str, Any]]
     ) -> list[Verdict]:
+        mode: Mode = self.params.mode
         language = _LanguageCache()
-        return [self._judge_one(c, m, language) for c, m in zip(completions, metadata, strict=True)]
+        prepared = [self._prepare(c, m) for c, m in zip(completions, metadata, strict=True)]
+        # Detect the languages the checks will need for the whole batch at once (much cheaper than one by one).
+        language.prefetch(
+            [
+                text
+                for c, prep in zip(completions, prepared, strict=True)
+                if not isinstance(prep, Verdict)
+                for text in _texts_to_detect(c, prep[0], mode)
+            ]
+        )
+        return [
+            prep if isinstance(prep, Verdict) else self._judge_one(c, *prep, language)
+            for c, prep in zip(completions, prepared, strict=True)
+        ]
 
-    def _judge_one(self, completion: Any, meta: Mapping[str, Any], language: _LanguageCache) -> Verdict:
+    def _prepare(self, completion: Any, meta: Mapping[str, Any]) -> Verdict | tuple[list[str], list[Check]]:
+        """The sample's instruction ids and checkers, or a -1 verdict when they are unusable."""
         if not isinstance(completion, str):
             return failed(f"completion is {type(completion).__name__}, not a string")
         if self._fixed is not None:
-            ids, checks = self._fixed
-        else:
-            if "instruction_id_list" not in meta:
-                return failed("metadata has no 'instruction_id_list' (and params fix no instructions)")
-            try:
-                ids, checks = _compile(meta["instruction_id_list"], meta.get("kwargs"), self._undetected_passes)
-            except (KwargError, ValueError) as exc:
-                return failed(f"unusable IFEval metadata: {exc}"[:500])
+            return self._fixed
+        if "instruction_id_list" not in meta:
+            return failed("metadata has no 'instruction_id_list' (and params fix no instructions)")
+        try:
+            return _compile(meta["instruction_id_list"], meta.get("kwargs"), self._undetected_passes)
+        except (KwargError, ValueError) as exc:
+            return failed(f"unusable IFEval metadata: {exc}"[:500])
+
+    def _judge_one(self, completion: str, ids: list[str], checks: list[Check], language: _LanguageCache) -> Verdict:
         mode: Mode = self.params.mode
         if mode == "strict" and not completion.strip():
             return violated(f"empty response; {len(ids)} instruction(s) not followed")

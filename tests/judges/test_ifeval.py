@@ -258,7 +258,7 @@ def test_fast_language_detection_equals_langdetect(shared_data: Path) -> None:
     from langdetect.detector_factory import PROFILES_DIRECTORY
     from langdetect.lang_detect_exception import LangDetectException
 
-    from cgpo_judges._ifeval_langdetect import UndetectableLanguage, detect
+    from cgpo_judges._ifeval_langdetect import UndetectableLanguage, detect, detect_many
 
     factory = DetectorFactory()  # private factory with seed 0, as the reference's DetectorFactory.seed = 0
     factory.load_profile(PROFILES_DIRECTORY)
@@ -283,6 +283,8 @@ def test_fast_language_detection_equals_langdetect(shared_data: Path) -> None:
     texts += ["", "123 !!", "Привет, как дела?", "日本語のテキストです", "HELLO THERE WORLD", "Tiếng Việt có dấu"]
     mismatches = [(t[:60], reference(t), ours(t)) for t in texts if reference(t) != ours(t)]
     assert not mismatches
+    # The batched path (all texts' trials in lockstep) gives the same answers as one text at a time.
+    assert detect_many(texts) == [ours(t) for t in texts]
 
 
 def test_deterministic() -> None:
