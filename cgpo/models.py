@@ -18,3 +18,12 @@ def resolve_model_path(path: str, *, log: Callable[[str], None] = print) -> str:
     from cgpo.tiny.build import ensure_tiny_models
 
     return str(ensure_tiny_models(log=log) / path[len(TINY_PREFIX) :])
+
+
+def quiet_library_progress_bars() -> None:
+    """Turn off the per-file progress bars of transformers and datasets: a run prints its own progress."""
+    import datasets
+    import transformers
+
+    transformers.utils.logging.disable_progress_bar()
+    datasets.disable_progress_bars()

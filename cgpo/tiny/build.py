@@ -260,8 +260,7 @@ def corrupt(record: data.Record, rng: random.Random) -> str:
         wrong = int(record["answer"]) + rng.choice((-10, -2, -1, 1, 2, 10))
         return f"\\boxed{{{wrong}}}" if rng.random() < 0.7 else record["answer"]
     if "instruction_id_list" in record:  # break the instruction
-        broken = completion.strip('"').replace("<<", "").replace(">>", "").replace(" bye", "")
-        return broken.replace(" and ", ", ") if broken == completion else broken
+        return completion.strip('"[]').replace("<<", "").replace(">>", "").replace(" bye", "")
     if "key" in record:  # a wrong value, or broken JSON
         return (
             json.dumps({record["key"]: record["value"] + rng.randint(1, 9)}) if rng.random() < 0.6 else completion[:-1]

@@ -3,9 +3,9 @@ r"""Synthetic task families the tiny model learns: short enough for a character-
 Each family yields records ``{"prompt", "completion", ...judge metadata}`` in the formats the built-in
 judges read, so the bundled tiny tasks (``tasks/tiny_*.yaml``) exercise the real judges:
 
-* ``arithmetic``: "What is 37+45?" -> ``\boxed{82}`` (math judge, ``answer_format: boxed``; metadata
+* ``arithmetic``: "What is 37+5?" -> ``\boxed{42}`` (math judge, ``answer_format: boxed``; metadata
   ``answer``);
-* ``instructions``: one IFEval instruction per prompt (quotation, end phrase, title, no comma), with
+* ``instructions``: one IFEval instruction per prompt (quotation, end phrase, title, placeholder), with
   IFEval's own ``instruction_id_list`` / ``kwargs`` metadata (ifeval judge);
 * ``json``: "Give JSON with key cat set to 7." -> ``{"cat": 7}`` (format judge: valid JSON; metadata
   ``key`` and ``value``);
@@ -38,11 +38,12 @@ KEYS = ("cat", "dog", "sun", "sky", "red", "car", "box", "map", "key", "pen")
 
 
 def arithmetic(rng: random.Random) -> Record:
-    a, b = rng.randint(0, 99), rng.randint(0, 99)
+    # A two-digit number and a one-digit number: hard enough that the warm start gets only part of them
+    # right, easy enough that a 1M-parameter character model can learn them on a CPU.
+    a, b = rng.randint(10, 59), rng.randint(0, 9)
     if rng.random() < 0.5:
         question, answer = f"What is {a}+{b}?", a + b
     else:
-        a, b = max(a, b), min(a, b)
         question, answer = f"What is {a}-{b}?", a - b
     return {"prompt": question, "completion": f"\\boxed{{{answer}}}", "answer": str(answer)}
 
@@ -51,12 +52,19 @@ def instructions(rng: random.Random) -> Record:
     w1, w2 = rng.sample(WORDS, 2)
     kind = rng.randrange(4)
     if kind == 0:
-        return _ifeval(f"Say {w1} in double quotes.", f'"{w1}"', "startend:quotation", {})
+        return _ifeval(f"Say {w1} {w2} in double quotes.", f'"{w1} {w2}"', "startend:quotation", {})
     if kind == 1:
-        return _ifeval(f"Say {w1}, then end with bye.", f"{w1} bye", "startend:end_checker", {"end_phrase": "bye"})
+        return _ifeval(
+            f"Say {w1} {w2}, then end with bye.", f"{w1} {w2} bye", "startend:end_checker", {"end_phrase": "bye"}
+        )
     if kind == 2:
-        return _ifeval(f"Write {w1} as a title.", f"<<{w1}>>", "detectable_format:title", {})
-    return _ifeval(f"List {w1}, {w2} with no comma.", f"{w1} and {w2}", "punctuation:no_comma", {})
+        return _ifeval(f"Write {w1} {w2} as a title.", f"<<{w1} {w2}>>", "detectable_format:title", {})
+    return _ifeval(
+        f"Put {w1} {w2} in square brackets.",
+        f"[{w1} {w2}]",
+        "detectable_content:number_placeholders",
+        {"num_placeholders": 1},
+    )
 
 
 def _ifeval(prompt: str, completion: str, instruction_id: str, kwargs: dict[str, Any]) -> Record:
@@ -76,7 +84,7 @@ def json_object(rng: random.Random) -> Record:
 def code(rng: random.Random) -> Record:
     name, n = rng.choice("fgh"), rng.randint(1, 50)
     op, sym = rng.choice((("times", "*"), ("plus", "+"), ("minus", "-")))
-    fn = {"*": lambda x: x * n, "+": lambda x: x + n, "-": lambda x: x - n}[sym]
+    fn: Callable[[int], int] = {"*": lambda x: x * n, "+": lambda x: x + n, "-": lambda x: x - n}[sym]
     return {
         "prompt": f"Write {name}(x) that returns x {op} {n}.",
         "completion": f"```python\ndef {name}(x):\n    return x{sym}{n}\n```",

@@ -9,14 +9,14 @@ if TYPE_CHECKING:
 
 #: Sizes of the embedded default (about 1.1M policy parameters): big enough to learn the bundled tasks
 #: in a minute of CPU time, small enough for a 2-core laptop.
-DEFAULT_SIZE: dict[str, int] = {
+DEFAULT_SIZE: dict[str, Any] = {
     "hidden_size": 128,
     "intermediate_size": 512,
     "num_attention_heads": 4,
     "num_key_value_heads": 4,
 }
 #: Sizes for unit tests (a few thousand parameters, built in well under a second).
-TEST_SIZE: dict[str, int] = {
+TEST_SIZE: dict[str, Any] = {
     "hidden_size": 16,
     "intermediate_size": 32,
     "num_attention_heads": 2,
@@ -28,7 +28,7 @@ def tiny_llama_config(
     tokenizer: PreTrainedTokenizerBase,
     *,
     num_layers: int,
-    size: dict[str, int] | None = None,
+    size: dict[str, Any] | None = None,
     max_positions: int = 256,
     **extra: Any,
 ) -> LlamaConfig:

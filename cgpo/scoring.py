@@ -1,0 +1,154 @@
+"""A task's judges and reward at run time: verdicts, raw rewards and calibrated rewards for a rollout.
+
+Built once per task from its config (:class:`TaskScorer`). Tasks that name the same reward model share one
+loaded instance (:func:`cgpo.reward_models.load_reward_model` caches by path, dtype and device).
+
+Calibrated reward (CGPO eq. 5): sigmoid(r(s, a) - r(s, a_bar)) with a_bar from the task's
+``reward.baseline`` source; ``none`` means r(s, a_bar) = 0, i.e. sigmoid(r). A task without a reward uses
+the judges alone: reward 1.0 when every judge is satisfied, else 0.0, and the same value calibrated.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import torch
+
+from cgpo.calibration import BaselineCache, calibrated_rewards, judge_only_rewards, resolve_baselines
+from cgpo.config import TaskConfig
+from cgpo.data import PromptRecord
+from cgpo.errors import UserError
+from cgpo.judging import FAILED, JUDGES, VIOLATED, MixtureOfJudges, MixtureResult
+
+
+class JudgeFailureStop(UserError):
+    """A judge failed and the task's ``on_judge_failure`` is ``stop``."""
+
+
+class TaskScorer:
+    """The mixture of judges and the reward of one task.
+
+    Args:
+        task: The task's config.
+        resolve_model: Maps a config model path (``tiny:reward``) to a loadable one.
+        device: Device for the reward model.
+        dtype: Reward-model dtype name.
+    """
+
+    def __init__(self, task: TaskConfig, *, resolve_model: Callable[[str], str], device: str, dtype: str) -> None:
+        self.task = task
+        self.mixture = MixtureOfJudges(
+            {
+                spec.metric_label: JUDGES.get(spec.name)(JUDGES.get(spec.name).parse_params(spec.params))
+                for spec in task.judges
+            }
+        )
+        self.reward_fn: Any = None
+        self.reward_identity = ""
+        reward = task.reward
+        if reward.model is not None:
+            from cgpo.reward_models import load_reward_model
+
+            settings: dict[str, Any] = {"device": device, "dtype": dtype, "batch_size": reward.batch_size}
+            if reward.max_length is not None:
+                settings["max_length"] = reward.max_length
+            self.reward_fn = load_reward_model(resolve_model(reward.model), **settings)
+            self.reward_identity = self.reward_fn.identity
+        elif reward.function is not None:
+            from cgpo.rewards import REWARD_FUNCTIONS
+
+            cls = REWARD_FUNCTIONS.get(reward.function)
+            self.reward_fn = cls(cls.parse_params(reward.params))
+            self.reward_identity = f"function:{reward.function}:{sorted(reward.params.items())!r}"
+        self.baselines = BaselineCache()
+
+    def judge(self, records: Sequence[PromptRecord], texts: Sequence[str]) -> tuple[torch.Tensor, MixtureResult]:
+        """Verdicts of ``texts`` (one per record) after the failure policy; -1 stays only under ``exclude``."""
+        result = self.mixture([r.prompt for r in records], list(texts), [r.metadata for r in records])
+        verdicts = torch.tensor(result.verdicts, dtype=torch.long)
+        if FAILED in result.verdicts:
+            policy = self.task.on_judge_failure
+            if policy == "stop":
+                reasons = {
+                    label: next(v.reason for v in column if v.value == FAILED)
+                    for label, column in result.per_judge.items()
+                    if any(v.value == FAILED for v in column)
+                }
+                raise JudgeFailureStop(
+                    f"task {self.task.name}: a judge failed and on_judge_failure is stop: {reasons}"
+                )
+            if policy == "violate":
+                verdicts = torch.where(verdicts == FAILED, VIOLATED, verdicts)
+        return verdicts, result
+
+    def raw_rewards(self, records: Sequence[PromptRecord], texts: Sequence[str]) -> torch.Tensor:
+        """``[N]`` raw rewards from the reward model or function (not for judge-only tasks)."""
+        values = self.reward_fn([r.message for r in records], list(texts), [r.metadata for r in records])
+        return torch.as_tensor([float(v) for v in values], dtype=torch.float32)
+
+    def baseline_rewards(
+        self, records: Sequence[PromptRecord], generate_fn: Callable[[list[str]], Sequence[str]] | None, generator: str
+    ) -> tuple[list[str], torch.Tensor]:
+        """a_bar and r(s, a_bar) for B prompts (cached per prompt; generated once for ``generated``)."""
+        source = self.task.reward.baseline
+        messages = [r.message for r in records]
+        if source == "none":
+            return [""] * len(records), torch.zeros(len(records))
+        return resolve_baselines(
+            messages,
+            source=source,
+            score_fn=self.reward_fn,
+            cache=self.baselines,
+            reward_identity=self.reward_identity,
+            gold=[r.reference for r in records],
+            generate_fn=(lambda todo: generate_fn(todo)) if generate_fn is not None else None,
+            generator=generator,
+            metadata=[r.metadata for r in records],
+        )
+
+    def rewards(
+        self,
+        prompts: Sequence[PromptRecord],
+        texts: Sequence[str],
+        verdicts: torch.Tensor,
+        *,
+        generate_fn: Callable[[list[str]], Sequence[str]] | None = None,
+        generator: str = "",
+    ) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+        """Raw and calibrated rewards of B * K completions of B prompts (K consecutive ones per prompt).
+
+        Args:
+            prompts: B records.
+            texts: B * K completions.
+            verdicts: ``[B * K]`` combined verdicts (judge-only tasks derive their reward from them).
+            generate_fn: Generates a_bar with the reference model (``generated`` baselines).
+            generator: Identity of that generation, part of the baseline cache key.
+
+        Returns:
+            ``([N] raw rewards, [N] calibrated rewards, B baseline responses a_bar or empty strings)``.
+        """
+        if self.reward_fn is None:
+            rewards, calibrated = judge_only_rewards(verdicts)
+            return rewards, calibrated, [r.reference or "" for r in prompts]
+        k = len(texts) // len(prompts)
+        rewards = self.raw_rewards([r for r in prompts for _ in range(k)], texts)
+        baselines, bar = self.baseline_rewards(prompts, generate_fn, generator)
+        if self.task.reward.baseline == "none":
+            baselines = [r.reference or "" for r in prompts]
+        calibrated = calibrated_rewards(rewards.view(len(prompts), k), bar).flatten()
+        return rewards, calibrated, baselines
+
+    def baseline_verdicts(self, records: Sequence[PromptRecord], baselines: Sequence[str]) -> torch.Tensor:
+        """``[B]`` verdicts of each prompt's a_bar (for the CRRAFT fallback)."""
+        verdicts, _ = self.judge(records, baselines)
+        return verdicts
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"baselines": self.baselines.to_dict()}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.baselines = BaselineCache.from_dict(state["baselines"])
+
+    def close(self) -> None:
+        self.mixture.close()
