@@ -71,7 +71,7 @@ def _resolve_include(entry: SourcedDict, file: Path, stack: tuple[Path, ...]) ->
     top = SourcedDict({k: v for k, v in entry.items() if k != "include"})
     top.origins = {k: v for k, v in entry.origins.items() if k != "include"}
     top.origin = entry.origin
-    merged = _merge(base, top)
+    merged: SourcedDict = _merge(base, top)
     merged.origin = base.origin  # the task's own file is where its keys live
     return merged
 

@@ -52,7 +52,7 @@ class SourcedList(list[Any]):
         self.origins: list[Origin | None] = [None] * len(self)
 
 
-class _SourcedLoader(yaml.SafeLoader):
+class _SourcedLoader(yaml.SafeLoader):  # type: ignore[misc]  # PyYAML ships no type hints
     """SafeLoader that builds Sourced containers with line numbers (the file is attached afterwards)."""
 
 
@@ -170,7 +170,7 @@ def set_override(tree: SourcedDict, dotted: str, raw_value: str) -> None:
             if isinstance(node, SourcedDict | SourcedList):
                 node.origins[key] = origin
             return
-        if isinstance(node, Mapping) and key not in node:
+        if isinstance(node, dict) and key not in node:
             child = SourcedDict()
             child.origin = Origin(COMMAND_LINE, tuple(parts[: depth + 1]), None)
             node[key] = child
@@ -195,9 +195,9 @@ def locate(tree: Any, path: KeyPath, default_file: str) -> tuple[str, str, int |
             origin, child = node.origins.get(key), node[key]
         elif isinstance(node, SourcedList) and isinstance(key, int) and 0 <= key < len(node):
             origin, child = node.origins[key], node[key]
-        elif (isinstance(node, Mapping) and key in node) or (
-            isinstance(node, list) and isinstance(key, int) and 0 <= key < len(node)
-        ):
+        elif isinstance(node, Mapping) and key in node:  # noqa: SIM114 - separate arms let mypy narrow `key`
+            child = node[key]
+        elif isinstance(node, list) and isinstance(key, int) and 0 <= key < len(node):
             child = node[key]
         else:
             break
