@@ -390,9 +390,9 @@ class HTTPBackend:
         text = bytes(raw).decode("utf-8", errors="replace")
         status = response.status
         if status == 408 or status == 429 or status >= 500:
-            raise _Retry(f"HTTP {status}: {_quote(text)}")
+            raise _Retry(f"HTTP {status}: {quote(text)}")
         if status != 200:
-            raise _Fatal(f"HTTP {status}: {_quote(text)}")
+            raise _Fatal(f"HTTP {status}: {quote(text)}")
         return parse_chat_completion(text)
 
     def close(self) -> None:
@@ -408,7 +408,8 @@ def _arm(sock: socket.socket | None, deadline: float) -> None:
         sock.settimeout(remaining)
 
 
-def _quote(text: str) -> str:
+def quote(text: str) -> str:
+    """``text`` stripped and cut to :data:`QUOTE_CHARS` characters, as a ``repr`` for a verdict's reason."""
     text = text.strip()
     return repr(text[:QUOTE_CHARS] + ("..." if len(text) > QUOTE_CHARS else ""))
 
@@ -424,9 +425,9 @@ def parse_chat_completion(body: str) -> ChatReply:
         choice = data["choices"][0]
         content = choice["message"]["content"]
     except (ValueError, KeyError, IndexError, TypeError):
-        raise _Fatal(f"not a chat completion: {_quote(body)}") from None
+        raise _Fatal(f"not a chat completion: {quote(body)}") from None
     if not isinstance(content, str):
-        raise _Fatal(f"reply content is {type(content).__name__}, not text: {_quote(body)}")
+        raise _Fatal(f"reply content is {type(content).__name__}, not text: {quote(body)}")
     return ChatReply(content, *_first_token_logprobs(choice.get("logprobs")))
 
 

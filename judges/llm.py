@@ -37,14 +37,13 @@ from urllib.parse import urlsplit
 from cgpo.judging import Judge, JudgeConfigError, Verdict, failed, satisfied, violated
 from cgpo.schema import Invalid
 from cgpo_judges import _llm_templates as tpl
-from cgpo_judges._llm_backends import ChatReply, HTTPBackend, JudgeInput, LocalBackend
+from cgpo_judges._llm_backends import ChatReply, HTTPBackend, JudgeInput, LocalBackend, quote
 
 #: Placeholder names the judges fill themselves; any other name in a template is a metadata key.
 RESERVED_FIELDS = ("prompt", "completion", "positive_label", "negative_label", "partial_label", "categories")
 
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
-_QUOTE_CHARS = 200
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -343,7 +342,7 @@ class _LLMJudge(Judge):
         choice = self._match_label(reply.text)
         if choice is None:
             expected = " or ".join(repr(label) for label in self.labels)
-            return failed(f"unparseable reply {_quote(reply.text)}; expected exactly {expected}")
+            return failed(f"unparseable reply {quote(reply.text)}; expected exactly {expected}")
         probability = label_probability(reply, self.labels, choice)
         return self._verdict(choice, probability, "reply")
 
@@ -387,11 +386,6 @@ def label_probability(reply: ChatReply, labels: Sequence[str], choice: int) -> f
 
 def _token_key(token: str) -> str:
     return token.strip().lstrip("▁Ġ").strip().casefold()
-
-
-def _quote(text: str) -> str:
-    text = text.strip()
-    return repr(text[:_QUOTE_CHARS] + ("..." if len(text) > _QUOTE_CHARS else ""))
 
 
 def _as_text(value: Any) -> str:
@@ -457,7 +451,7 @@ class SafetyJudge(_LLMJudge):
             codes = self._parse_categories(lines[1])
         if first is None or codes is None or len(lines) > (2 if first == 1 else 1):
             return failed(
-                f"unparseable reply {_quote(reply.text)}; expected a first line {self.labels[0]!r} or "
+                f"unparseable reply {quote(reply.text)}; expected a first line {self.labels[0]!r} or "
                 f"{self.labels[1]!r}, and after {self.labels[1]!r} optionally one line of category codes"
             )
         probability = label_probability(reply, self.labels, first)
