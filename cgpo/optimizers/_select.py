@@ -108,6 +108,25 @@ def masked_argmin(values: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tenso
     return torch.where(hit, index, first), found
 
 
+def dpo_logit(
+    batch: PolicyBatch, rows: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor, beta: float
+) -> torch.Tensor:
+    """``[n]`` DPO logit beta * [(log pi_w(a+) - log pi_ref(a+)) - (log pi_w(a-) - log pi_ref(a-))] (CGPO eq. 13).
+
+    Args:
+        batch: The task's rollout; only ``logps`` (differentiable) and ``ref_logps`` (constant) are read.
+        rows: ``[n]`` int64 indices of the kept prompts.
+        pos: ``[n]`` int64 sample index of each kept prompt's chosen answer a+.
+        neg: ``[n]`` int64 sample index of each kept prompt's rejected answer a-.
+        beta: DPO inverse temperature.
+    """
+    # Rows are indexed rather than masked: a skipped row may point at an excluded sample with an arbitrary
+    # log-prob, and 0 * inf in the backward of where() would give NaN.
+    chosen = batch.logps[rows, pos] - batch.ref_logps[rows, pos]
+    rejected = batch.logps[rows, neg] - batch.ref_logps[rows, neg]
+    return beta * (chosen - rejected)
+
+
 def take(values: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     """``[B]`` values[b, index[b]] for ``[B, K]`` values and ``[B]`` index (keeps gradients)."""
     return values.gather(1, index[:, None].to(torch.int64)).squeeze(1)

@@ -65,7 +65,15 @@ class CODPO(Optimizer):
         import torch
         import torch.nn.functional as F
 
-        from cgpo.optimizers._select import check_batch, masked_argmax, masked_argmin, safe_mean, take, zero_loss
+        from cgpo.optimizers._select import (
+            check_batch,
+            dpo_logit,
+            masked_argmax,
+            masked_argmin,
+            safe_mean,
+            take,
+            zero_loss,
+        )
 
         check_batch(batch)
         params: CODPOParams = self.params
@@ -97,9 +105,7 @@ class CODPO(Optimizer):
         rows = kept.nonzero().squeeze(1)
         pos, neg = chosen[rows], rejected[rows]
         chosen_logp = batch.logps[rows, pos]
-        logit = params.beta * (
-            (chosen_logp - batch.ref_logps[rows, pos]) - (batch.logps[rows, neg] - batch.ref_logps[rows, neg])
-        )  # eq. 13, pi_ref constant
+        logit = dpo_logit(batch, rows, pos, neg, params.beta)  # eq. 13, pi_ref constant
         chosen_len = batch.lengths[rows, pos].to(chosen_logp.dtype)
         objective = F.logsigmoid(logit) + params.lam * chosen_logp / chosen_len  # eq. 14
         stats.update(

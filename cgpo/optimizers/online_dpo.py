@@ -46,7 +46,15 @@ class OnlineDPO(Optimizer):
         """Negative mean DPO log-likelihood over kept prompts; see the module docstring."""
         import torch.nn.functional as F
 
-        from cgpo.optimizers._select import check_batch, masked_argmax, masked_argmin, safe_mean, take, zero_loss
+        from cgpo.optimizers._select import (
+            check_batch,
+            dpo_logit,
+            masked_argmax,
+            masked_argmin,
+            safe_mean,
+            take,
+            zero_loss,
+        )
 
         check_batch(batch)
         params: OnlineDPOParams = self.params
@@ -66,10 +74,6 @@ class OnlineDPO(Optimizer):
             stats.update(dpo_accuracy=0.0, logit_mean=0.0)
             return LossOutput(zero_loss(batch), stats)
         rows = kept.nonzero().squeeze(1)
-        pos, neg = chosen[rows], rejected[rows]
-        logit = params.beta * (
-            (batch.logps[rows, pos] - batch.ref_logps[rows, pos])
-            - (batch.logps[rows, neg] - batch.ref_logps[rows, neg])
-        )
+        logit = dpo_logit(batch, rows, chosen[rows], rejected[rows], params.beta)
         stats.update(dpo_accuracy=safe_mean((logit > 0).float()), logit_mean=safe_mean(logit))
         return LossOutput(-F.logsigmoid(logit).sum() / n, stats)
