@@ -34,6 +34,7 @@ import re
 import sys
 import threading
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from operator import itemgetter
 from typing import Any
 
@@ -50,6 +51,8 @@ _PROB_THRESHOLD = 0.1
 _MAX_TEXT_LENGTH = 10000
 _SPACES = re.compile(" {2,}")
 _WORD_CACHE_SIZE = 200_000
+# Below this many texts still running, detect_many finishes them one by one (numpy's per-call overhead wins).
+_LOCKSTEP_MIN = 4
 # langdetect normalises with builtin sum(); before Python 3.12 that adds floats left to right.
 _SEQUENTIAL_SUM = sys.version_info < (3, 12)
 
@@ -300,6 +303,53 @@ def detect(text: str) -> str:
     raise AssertionError("unreachable: the last trial always decides")
 
 
+@dataclass
+class _TrialState:
+    """Where one text's detection stands.
+
+    The current trial's probabilities and weight, langdetect's iteration counter, whether the next update is
+    the trial's first, the running mean over trials, and the number of completed trials.
+    """
+
+    prob: list[float]
+    weight: float
+    step: int
+    first: bool
+    mean: list[float]
+    done: int
+
+
+def _finish(model: _Model, ngrams: list[str], rng: random.Random, state: _TrialState) -> str:
+    """Continue a detection from ``state`` text by text, with the same operations as the lockstep path."""
+    probs, langs = model.probs, model.langs
+    n_langs = len(langs)
+    choice = rng.choice
+    prob, w, i, first, mean, done = state.prob, state.weight, state.step, state.first, state.mean, state.done
+    while True:
+        if first:
+            a = probs[choice(ngrams)]
+            prob = [p * (w + qa) for p, qa in zip(prob, a, strict=True)]
+            i, first = 0, False
+        else:
+            a, b, c, d, e = (probs[choice(ngrams)] for _ in range(5))
+            prob = [
+                p * (w + qa) * (w + qb) * (w + qc) * (w + qd) * (w + qe)
+                for p, qa, qb, qc, qd, qe in zip(prob, a, b, c, d, e, strict=True)
+            ]
+            i += 5
+        total = sum(prob)
+        prob = [p / total for p in prob]
+        if max(prob) > _CONV_THRESHOLD or i >= _ITERATION_LIMIT:
+            done += 1
+            mean = [m + p / _TRIALS for m, p in zip(mean, prob, strict=True)]
+            found = _decision(langs, mean, done)
+            if found is not None:
+                return found
+            prob = [1.0 / n_langs] * n_langs
+            w = (_ALPHA + rng.gauss(0.0, 1.0) * _ALPHA_WIDTH) / _BASE_FREQ
+            first = True
+
+
 def _detect_or_none(text: str) -> str | None:
     try:
         return detect(text)
@@ -352,17 +402,23 @@ def detect_many(texts: Sequence[str]) -> list[str | None]:
     # until the value is below n; it is inlined below (same calls, same order) to save two frames per pick.
     sizes = [len(ngrams) for _, ngrams in jobs]
     bits = [n.bit_length() for n in sizes]
-    weights = np.empty(count)
-    for t, rng in enumerate(rngs):
-        weights[t] = (_ALPHA + rng.gauss(0.0, 1.0) * _ALPHA_WIDTH) / _BASE_FREQ
+    # Per running text (row a of prob/weights; running[a] is its job): compacted when texts finish.
+    running = list(range(count))
+    weights = np.array([(_ALPHA + rng.gauss(0.0, 1.0) * _ALPHA_WIDTH) / _BASE_FREQ for rng in rngs])
     prob = np.full((count, n_langs), 1.0 / n_langs)
     mean = [[0.0] * n_langs for _ in jobs]
     first = [True] * count  # the next step is the first update of a trial (one pick, then a check)
     done = [0] * count  # completed trials
     step_i = [0] * count  # langdetect's iteration counter within the trial
-    running = list(range(count))
     while running:
+        if len(running) <= _LOCKSTEP_MIN:
+            # A few slow texts left: a numpy step costs more than their pure-Python blocks; finish them alone.
+            for a, t in enumerate(running):
+                state = _TrialState(prob[a].tolist(), float(weights[a]), step_i[t], first[t], mean[t], done[t])
+                results[jobs[t][0]] = _finish(model, jobs[t][1], rngs[t], state)
+            break
         picks = []
+        any_first = False
         for t in running:
             ngrams, getrandbits, n, k = jobs[t][1], rngs[t].getrandbits, sizes[t], bits[t]
             picked = []
@@ -373,36 +429,39 @@ def detect_many(texts: Sequence[str]) -> list[str | None]:
                 gram = ngrams[r]
                 j = row_of.get(gram)
                 picked.append(add_row(gram) if j is None else j)
-            picks.append(picked if len(picked) == 5 else [*picked, -1, -1, -1, -1])
+            if len(picked) < 5:
+                any_first = True
+                picked += [-1, -1, -1, -1]
+            picks.append(picked)
         picked_rows = np.array(picks)
-        factors = weights[running][:, None, None] + table[picked_rows]
-        padded = np.less(picked_rows, 0)
-        if padded.any():
-            factors[padded] = 1.0  # padding: multiplying by 1.0 is exact
-        p = prob[running]
-        p = p * factors[:, 0] * factors[:, 1] * factors[:, 2] * factors[:, 3] * factors[:, 4]
+        factors = table[picked_rows]
+        factors += weights[:, None, None]  # weight + P(ngram | language), one rounding, as langdetect
+        if any_first:
+            factors[picked_rows < 0] = 1.0  # padding: multiplying by 1.0 is exact
+        prob = prob * factors[:, 0] * factors[:, 1] * factors[:, 2] * factors[:, 3] * factors[:, 4]
         # Row sums as langdetect's builtin sum(): cumsum adds left to right, which is what sum() does before
         # Python 3.12; from 3.12 sum() compensates rounding, so call it.
-        totals = np.cumsum(p, axis=1)[:, -1] if _SEQUENTIAL_SUM else np.array([sum(r) for r in p.tolist()])
-        p = p / totals[:, None]
-        prob[running] = p
-        top = p.max(axis=1).tolist()
-        still = []
+        totals = np.cumsum(prob, axis=1)[:, -1] if _SEQUENTIAL_SUM else np.array([sum(r) for r in prob.tolist()])
+        prob /= totals[:, None]
+        top = prob.max(axis=1).tolist()
+        keep = []
         for a, t in enumerate(running):
             step_i[t] = 0 if first[t] else step_i[t] + 5
             first[t] = False
             if top[a] <= _CONV_THRESHOLD and step_i[t] < _ITERATION_LIMIT:
-                still.append(t)
+                keep.append(a)
                 continue
             done[t] += 1
-            mean[t] = [m + q / _TRIALS for m, q in zip(mean[t], prob[t].tolist(), strict=True)]
+            mean[t] = [m + q / _TRIALS for m, q in zip(mean[t], prob[a].tolist(), strict=True)]
             found = _decision(langs, mean[t], done[t])
             if found is not None:
                 results[jobs[t][0]] = found
                 continue
-            prob[t] = 1.0 / n_langs
-            weights[t] = (_ALPHA + rngs[t].gauss(0.0, 1.0) * _ALPHA_WIDTH) / _BASE_FREQ
+            prob[a] = 1.0 / n_langs
+            weights[a] = (_ALPHA + rngs[t].gauss(0.0, 1.0) * _ALPHA_WIDTH) / _BASE_FREQ
             first[t] = True
-            still.append(t)
-        running = still
+            keep.append(a)
+        if len(keep) < len(running):
+            prob, weights = prob[keep], weights[keep]
+            running = [running[a] for a in keep]
     return results

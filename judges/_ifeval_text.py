@@ -106,9 +106,13 @@ def _boundaries(text: str) -> list[tuple[int, int]]:
     def decide(match: re.Match[str], word_start: int) -> None:
         nonlocal last_break
         # "?" and "!" are always tokens of their own and always break when something follows (a candidate
-        # always has a following token); only a period needs its context tokenized.
-        if match.group() != "." or _context_breaks(
-            text[word_start : match.start()] + match.group() + match.group("after")
+        # always has a following token). So does a period after a word of two or more letters: "word." is one
+        # token, neither an initial nor a number. Only other periods need their context tokenized.
+        word = text[word_start : match.start()]
+        if (
+            match.group() != "."
+            or (len(word) > 1 and word.isalpha())
+            or _context_breaks(word + "." + match.group("after"))
         ):
             spans.append((last_break, match.end()))
             last_break = match.start("next") if match.group("next") else match.end()
