@@ -5,8 +5,7 @@ IFEval's language checks (``language:response_language``, ``change_case:english_
 random sampling, so an approximation would disagree with the reference on borderline texts. This module
 re-implements langdetect 1.0.9's ``Detector.detect`` step for step with the same profiles, the same
 ``random.Random(seed)`` call sequence and the same floating-point operations in the same order, so it returns
-the identical language (``tests/judges/test_ifeval.py`` checks equality with ``langdetect.detect``), about
-3x faster:
+the identical language (``tests/judges/test_ifeval.py`` checks equality with langdetect itself):
 
 1. Text preparation as langdetect: URLs and e-mail addresses become spaces, Vietnamese combining marks are
    composed, the text is cut to 10,000 characters and runs of spaces collapse.
@@ -16,15 +15,18 @@ the identical language (``tests/judges/test_ifeval.py`` checks equality with ``l
    then per space-separated word ``w`` (with ``w_0 = " "``), position ``i`` yields ``w_i``, ``w_{i-1}w_i``
    and ``w_{i-2}w_{i-1}w_i`` unless ``w_{i-1}`` and ``w_i`` are both upper-case, and a word followed by a
    space also yields its last one or two characters plus that space; only n-grams in the profiles count.
-   This is langdetect's character-by-character state machine, evaluated per word.
-4. Seven trials (fewer when the outcome is already certain, see :func:`detect`): ``alpha = 0.5 + 0.05 * gauss()``; repeatedly pick a random n-gram and multiply each
+   This is langdetect's character-by-character state machine, evaluated per word (memoised per word).
+4. Seven trials: ``alpha = 0.5 + 0.05 * gauss()``; repeatedly pick a random n-gram and multiply each
    language's probability by ``alpha / 10000 + P(ngram | language)``; after the first pick and every fifth
    after it, normalise and stop when the largest probability exceeds 0.99999 (or after 1,000 picks). The
-   result is the language with the largest mean probability over trials, if that is above 0.1.
+   result is the language with the largest mean probability over trials, if that is above 0.1. We stop
+   after fewer trials once no remaining trial can change the answer (:func:`_decision`).
 
-The per-word state machine and list comprehensions over the 55 languages replace langdetect's per-character
-method calls and index loops; the arithmetic is unchanged. The profiles load once per process, lazily, under
-a lock; :func:`detect` keeps no other state and is safe to call from several threads.
+:func:`detect` does one text (list comprehensions over the 55 languages instead of langdetect's index loops,
+five updates per pass, all-zero languages updated once): about 3x langdetect. :func:`detect_many` runs many
+texts' trials in lockstep on numpy arrays (the same IEEE operations elementwise): about 6x langdetect per
+text on a batch of IFEval responses. The profiles load once per process, lazily, under a lock; the memo
+tables only cache pure functions, so both functions are safe to call from several threads.
 """
 
 from __future__ import annotations

@@ -22,8 +22,9 @@ re-implement the reference behaviour without NLTK; language identification is la
 (:mod:`cgpo_judges._ifeval_langdetect`). On the 541 IFEval prompts with GPT-4's responses the strict and loose
 verdicts equal the reference's (``tests/judges/test_ifeval.py``).
 
-The judge keeps no state between calls: checkers are immutable closures and the language cache lives for one
-call, so one instance can be shared between threads.
+Language detection dominates the cost, so a call first collects the texts whose language its checks will
+certainly need and detects them in one batch. The judge keeps no state between calls: checkers are immutable
+closures and the language cache lives for one call, so one instance can be shared between threads.
 """
 
 from __future__ import annotations
