@@ -35,6 +35,7 @@ import contextlib
 import math
 import signal
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -464,7 +465,10 @@ class CGPOTrainer:
                 self.log(f"warning: step {self.step + 1} skipped: the gradient norm is {norm_value}")
         else:
             self.optimizer.step()
-        self.scheduler.step()
+        with warnings.catch_warnings():
+            # A skipped step still advances the schedule (it counts steps); torch warns about that order.
+            warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step()`")
+            self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         return norm_value
 
