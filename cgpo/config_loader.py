@@ -275,10 +275,19 @@ def load_run_config(path: str | Path, overrides: Sequence[str] = (), *, check_pl
     return config
 
 
-def detect_kind(path: str | Path) -> Literal["run", "task"]:
-    """Whether a YAML file is a run config (it has ``tasks`` or ``policy``) or a task."""
+def detect_kind(path: str | Path) -> Literal["run", "task", "accelerate"]:
+    """Whether a YAML file is a run config, a task, or an accelerate config.
+
+    A run config has ``tasks`` or ``policy``; an accelerate config (``accelerate launch --config_file``) has
+    ``distributed_type`` or ``compute_environment`` at the top level (:mod:`cgpo.accelerate_config`); any
+    other file is read as a task.
+    """
+    from cgpo.accelerate_config import ACCELERATE_MARKERS
+
     file = Path(path)
     tree = load_yaml(file, _display(file))
     if isinstance(tree, Mapping) and ("tasks" in tree or "policy" in tree):
         return "run"
+    if isinstance(tree, Mapping) and ACCELERATE_MARKERS & set(tree):
+        return "accelerate"
     return "task"

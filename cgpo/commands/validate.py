@@ -39,7 +39,15 @@ def run(args: argparse.Namespace) -> int:
     for file in files:
         try:
             kind = detect_kind(file)
-            if kind == "run":
+            if kind == "accelerate":
+                if overrides:
+                    key = overrides[0].partition("=")[0]
+                    raise ConfigError("<command line>", key, "key=value overrides apply to cgpo configs, not to "
+                                      "accelerate configs; edit the file or pass accelerate launch flags")  # fmt: skip
+                from cgpo.accelerate_config import validate_accelerate_config
+
+                detail = validate_accelerate_config(file)
+            elif kind == "run":
                 config = load_run_config(file, overrides)
                 detail = f"run config, {len(config.tasks)} task{'s' if len(config.tasks) != 1 else ''}"
             else:
