@@ -96,13 +96,14 @@ LANGDETECT_CODES = frozenset(
 _CONSTRAINED_OPTIONS = ("My answer is yes.", "My answer is no.", "My answer is maybe.")
 _FIRST_WORD_STOP = frozenset(".,?!'\"")
 
-# Markdown bullets: "* item" (not "**bold") and "- item" lines.
-_STAR_BULLET = re.compile(r"^\s*\*[^\*].*$", re.MULTILINE)
-_DASH_BULLET = re.compile(r"^\s*-.*$", re.MULTILINE)
+# Markdown bullets: "* item" (not "**bold") and "- item" lines: the mark is the first non-blank character of
+# its line. (The reference's ``^\s*\*[^\*].*$`` / ``^\s*-.*$`` count the same, but in quadratic time on long
+# runs of blank lines; these scan each line once.)
+_STAR_AT_LINE_START = re.compile(r"^[^\S\n]*\*(?=[^*])", re.MULTILINE | re.DOTALL)
+_DASH_AT_LINE_START = re.compile(r"^[^\S\n]*-", re.MULTILINE)
 _HIGHLIGHT = re.compile(r"\*[^\n\*]*\*")
 _DOUBLE_HIGHLIGHT = re.compile(r"\*\*[^\n\*]*\*\*")
-_PLACEHOLDER = re.compile(r"\[.*?\]")
-_TITLE = re.compile(r"<<[^\n]+>>")
+_BRACKET_OR_NEWLINE = re.compile(r"[\[\]\n]")
 _PARAGRAPH_DIVIDER = re.compile(r"\s?\*\*\*\s?")
 _PPS = re.compile(r"p\.\s?p\.\s?s")
 _PS = re.compile(r"p\.\s?s\.")
@@ -117,6 +118,58 @@ class KwargError(ValueError):
         self.instruction_id = instruction_id
         self.kwarg = kwarg
         self.reason = reason
+
+
+def count_star_bullets(text: str) -> int:
+    r"""Matches of the reference's ``^\s*\*[^\*].*$`` (MULTILINE), in linear time.
+
+    A match is a ``*`` that is the first non-blank character of its line and is followed by a character other
+    than ``*``; it runs to the end of that character's line, so a line holding just ``*`` swallows the next.
+    """
+    count, consumed = 0, 0
+    for match in _STAR_AT_LINE_START.finditer(text):
+        star = match.end() - 1
+        if star < consumed:
+            continue
+        count += 1
+        after = star + 1
+        newline = text.find("\n", after + 1 if text[after] == "\n" else after)
+        consumed = len(text) if newline < 0 else newline
+    return count
+
+
+def count_placeholders(text: str) -> int:
+    r"""Matches of the reference's ``\[.*?\]``, in linear time.
+
+    Each ``[`` opens a span (further ``[`` join it) that the next ``]`` on the same line closes.
+    """
+    count, open_ = 0, False
+    for match in _BRACKET_OR_NEWLINE.finditer(text):
+        ch = match.group()
+        if ch == "[":
+            open_ = True
+        elif ch == "]" and open_:
+            count += 1
+            open_ = False
+        elif ch == "\n":
+            open_ = False
+    return count
+
+
+def has_title(text: str) -> bool:
+    r"""Whether the reference's ``<<[^\n]+>>`` finds a title with non-blank text, in linear time.
+
+    On each line the greedy match runs from the first ``<<`` to the last ``>>`` (at least one character
+    between); its text is what remains after stripping the ``<`` and ``>`` runs and whitespace.
+    """
+    for line in text.split("\n"):
+        start = line.find("<<")
+        if start < 0:
+            continue
+        stop = line.rfind(">>")
+        if stop >= start + 3 and line[start : stop + 2].lstrip("<").rstrip(">").strip():
+            return True
+    return False
 
 
 @dataclass(frozen=True)
@@ -303,7 +356,7 @@ def _nth_paragraph_first_word(a: _Args) -> Check:
 
 def _number_placeholders(a: _Args) -> Check:
     n = a.count("num_placeholders")
-    return lambda text, _: len(_PLACEHOLDER.findall(text)) >= n
+    return lambda text, _: count_placeholders(text) >= n
 
 
 def _postscript(a: _Args) -> Check:
@@ -320,7 +373,7 @@ def _postscript(a: _Args) -> Check:
 
 def _number_bullet_lists(a: _Args) -> Check:
     n = a.count("num_bullets")
-    return lambda text, _: len(_STAR_BULLET.findall(text)) + len(_DASH_BULLET.findall(text)) == n
+    return lambda text, _: count_star_bullets(text) + len(_DASH_AT_LINE_START.findall(text)) == n
 
 
 def _constrained_response(_: _Args) -> Check:
@@ -361,7 +414,7 @@ def _json_format(_: _Args) -> Check:
 
 
 def _title(_: _Args) -> Check:
-    return lambda text, __: any(t.lstrip("<").rstrip(">").strip() for t in _TITLE.findall(text))
+    return lambda text, __: has_title(text)
 
 
 def _two_responses(_: _Args) -> Check:

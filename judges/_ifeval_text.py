@@ -168,14 +168,30 @@ def count_sentences(text: str) -> int:
 
 # A sentence-final period (possibly before closing quotes/brackets) is its own token in NLTK; removing it
 # lets the contraction rules below see the end of the word ("IT'S." -> "IT" + "'S").
-_FINAL_PERIOD = re.compile("(?<=[^.])\\.(?=[\\])}>\"'\u00bb\u201d\u2019 ]*\\s*$)")
+_CLOSERS = frozenset("])}>\"'\u00bb\u201d\u2019 ")
+
+
+def _drop_final_period(sentence: str) -> str:
+    r"""Replace by a space the period that ends the sentence before closing marks and whitespace, if any.
+
+    NLTK's rule is ``([^.])(\.)([\])}>"'»”’ ]*+)\s*$``; scanning from the right keeps it linear (the
+    regex tries every period of the sentence).
+    """
+    end = len(sentence.rstrip())
+    while end > 0 and sentence[end - 1] in _CLOSERS:
+        end -= 1
+    if end >= 2 and sentence[end - 1] == "." and sentence[end - 2] != ".":
+        return sentence[: end - 1] + " " + sentence[end:]
+    return sentence
+
+
 # Marks NLTK always cuts out as separate tokens. They carry no case, so replacing them by a space changes
 # which letters share a token exactly as NLTK's padding does. ``,`` and ``:`` stay attached before a digit.
 _SEPARATORS = re.compile(
     "[\0\u00ab\u201c\u2018\u201e`\"\u00bb\u201d\u2019;@#$%&\u2012-\u2015?!*\\[\\](){}<>]|--|\\.{2,}|''|[:,](?!\\d)"
 )
 # An opening double quote (at the start, or after a space or opening bracket) is not a closing mark for
-# _FINAL_PERIOD; NLTK rewrites it to ``\`\``` first.
+# _drop_final_period; NLTK rewrites it to ``\`\``` first.
 _OPENING_QUOTE = re.compile("^\"|(?<=[ (\\[{<])(?:\"|'')")
 # A quote after a non-quote and before a space is a closing quote: split it off first, so that a clitic
 # before it ends the word ("AI's' " -> "AI's ' ").
@@ -211,7 +227,7 @@ def count_capital_words(text: str) -> int:
         if "'" in sentence:
             sentence = _LEADING_SINGLE.sub("' ", sentence)
         if "." in sentence:
-            sentence = _FINAL_PERIOD.sub(" ", sentence, count=1)
+            sentence = _drop_final_period(sentence)
         parts.append(sentence)
     joined = "\0".join(parts)
     if "'" in joined:

@@ -29,6 +29,7 @@ closures and the language cache lives for one call, so one instance can be share
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
@@ -207,15 +208,17 @@ class IFEvalJudge(Judge):
         mode: Mode = self.params.mode
         language = _LanguageCache()
         prepared = [self._prepare(c, m) for c, m in zip(completions, metadata, strict=True)]
-        # Detect the languages the checks will need for the whole batch at once (much cheaper than one by one).
-        language.prefetch(
-            [
-                text
-                for c, prep in zip(completions, prepared, strict=True)
-                if not isinstance(prep, Verdict)
-                for text in _texts_to_detect(c, prep[0], mode)
-            ]
-        )
+        # Detect the languages the checks will need for the whole batch at once (much cheaper than one by one);
+        # should that fail, each check detects its own text and a failure there is -1 for its sample only.
+        with contextlib.suppress(Exception):
+            language.prefetch(
+                [
+                    text
+                    for c, prep in zip(completions, prepared, strict=True)
+                    if not isinstance(prep, Verdict)
+                    for text in _texts_to_detect(c, prep[0], mode)
+                ]
+            )
         return [
             prep if isinstance(prep, Verdict) else self._judge_one(c, *prep, language)
             for c, prep in zip(completions, prepared, strict=True)
@@ -240,8 +243,8 @@ class IFEvalJudge(Judge):
             return violated(f"empty response; {len(ids)} instruction(s) not followed")
         try:
             follows = _follow_list(completion, checks, mode, language)
-        except (RecursionError, MemoryError) as exc:  # e.g. json.loads on absurdly deep nesting
-            return failed(f"checker raised {type(exc).__name__}")
+        except Exception as exc:  # noqa: BLE001 - e.g. RecursionError in json.loads on deep nesting: -1, never 0
+            return failed(f"checker raised {type(exc).__name__}: {exc}"[:500])
         detail = " ".join(f"{i}={int(f)}" for i, f in zip(ids, follows, strict=True))
         failed_ids = [i for i, f in zip(ids, follows, strict=True) if not f]
         if failed_ids:

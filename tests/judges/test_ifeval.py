@@ -363,3 +363,50 @@ def test_conformance_kit(mode: str) -> None:
         Sample("p", "HELLO WORLD", {}),
     ]
     assert_judge_conforms(IFEvalJudge, samples, params={"mode": mode})
+
+
+def test_pathological_responses_are_judged_quickly() -> None:
+    # Degenerate RL outputs: long runs of blank lines, brackets, periods, marks. The reference's regexes are
+    # quadratic on some of these (blank-line runs for bullets, "[[[[" for placeholders, "<<<<" for titles);
+    # ours are linear, so 10,000 characters take well under a second per instruction.
+    import time
+
+    n = 10_000
+    texts = [
+        "\n" * n,
+        "[" * n,
+        "<" * n,
+        ". " * (n // 2),
+        "*\n" * (n // 2),
+        "!" * n,
+        "A. " * (n // 3),
+        " \n" * (n // 2),
+    ]
+    metas = [{"instruction_id_list": [iid], "kwargs": [kw]} for iid, kw, _, _ in CASES]
+    for mode in ("strict", "loose"):
+        judge = IFEvalJudge(mode=mode)
+        for text in texts:
+            start = time.perf_counter()
+            verdicts = judge(["p"] * len(metas), [text] * len(metas), metas)
+            assert time.perf_counter() - start < 20, (mode, text[:10])
+            assert all(v.value in (0, 1) for v in verdicts) or text.startswith("[")
+    # "[[[[..." is too deeply nested for Python's json parser: that one check is -1 (never 0), the rest decide.
+    verdicts = IFEvalJudge()(["p"] * len(metas), ["[" * n] * len(metas), metas)
+    assert [v.value == -1 for v in verdicts] == [iid == "detectable_format:json_format" for iid, *_ in CASES]
+
+
+def test_linear_scans_match_the_reference_regexes() -> None:
+    # The linear-time bullet, placeholder and title scans count exactly what IFEval's regexes count.
+    import random
+    import re
+
+    from cgpo_judges._ifeval_checks import count_placeholders, count_star_bullets, has_title
+
+    rng = random.Random(0)
+    pieces = [*"* -\n[]<> a\t\r\x85x", "**", "\n\n", "<<", ">>", "* ", "- "]
+    for _ in range(5000):
+        text = "".join(rng.choice(pieces) for _ in range(rng.randint(0, 30)))
+        assert count_star_bullets(text) == len(re.findall(r"^\s*\*[^\*].*$", text, flags=re.MULTILINE)), text
+        assert count_placeholders(text) == len(re.findall(r"\[.*?\]", text)), text
+        expected_title = any(t.lstrip("<").rstrip(">").strip() for t in re.findall(r"<<[^\n]+>>", text))
+        assert has_title(text) == expected_title, text
