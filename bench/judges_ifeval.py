@@ -3,8 +3,8 @@
 Judge: ``IFEvalJudge(mode=...)`` on all 541 responses as one batch, each with its own instructions from
 ``input_data.jsonl``. Baseline: the same judge with language identification done by calling
 ``langdetect.detect`` (seed 0) directly, as IFEval's reference code does; the two differ only there, since
-langdetect dominates the cost (91 of the 541 responses need it in strict mode). We also time the 450 prompts
-that have no language-dependent instruction, which shows the cost of everything else.
+langdetect dominates the cost (91 of the 541 responses need it in strict mode). We also time the prompts
+that have no language-dependent instruction (446), which shows the cost of everything else.
 
 Rounds alternate baseline and judge so that load from other processes hits both alike; figures are medians
 over rounds. The first judge call of the process (cold per-character and per-word memo tables) is reported

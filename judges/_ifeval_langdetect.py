@@ -372,7 +372,7 @@ def detect_many(texts: Sequence[str]) -> list[str | None]:
     """
     import numpy as np
 
-    if random.Random._randbelow is not random.Random._randbelow_with_getrandbits:  # type: ignore[attr-defined]
+    if random.Random._randbelow is not getattr(random.Random, "_randbelow_with_getrandbits", None):  # type: ignore[attr-defined]
         # Another interpreter's random module: the inlined draw below may not match; go text by text.
         return [_detect_or_none(text) for text in texts]
     model = _get_model()
