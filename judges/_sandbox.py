@@ -63,18 +63,22 @@ _MAX_REPORT = 32 << 20
 
 @dataclass(frozen=True)
 class SandboxConfig:
-    """Limits and isolation of every job; see :class:`cgpo_judges.code.CodeJudge.Params` for the meaning."""
+    """Limits and isolation of every job; see :class:`cgpo_judges.code.CodeJudge.Params` for the meaning.
 
-    isolation: Isolation = "namespaces"
-    timeout_s: float = 10.0
-    memory_mb: int = 1024
-    file_size_mb: int = 16
-    max_processes: int = 16
-    max_output_bytes: int = 1 << 20
-    workers: int = 2
-    uid_base: int = 2_130_706_432
-    unshare: str = "unshare"
-    python: str = ""
+    No defaults here: the code judge's ``Params`` hold them (the one place a task YAML overrides), and
+    a second copy would drift.
+    """
+
+    isolation: Isolation
+    timeout_s: float
+    memory_mb: int
+    file_size_mb: int
+    max_processes: int
+    max_output_bytes: int
+    workers: int
+    uid_base: int
+    unshare: str
+    python: str
     startup_grace_s: float = 10.0
 
 

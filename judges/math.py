@@ -407,7 +407,7 @@ def _parse(answer: str) -> list[Any]:
     text = answer if "$" in answer else f"${answer}$"
     # The worker's SIGALRM (see _workers) bounds the whole job; math-verify's own alarm is disabled so
     # that a timeout is reported as a timeout, never swallowed into "not equal".
-    return parse(
+    parsed: list[Any] = parse(
         text,
         extraction_config=_extraction_config(),
         extraction_mode="first_match",
@@ -415,6 +415,7 @@ def _parse(answer: str) -> list[Any]:
         parsing_timeout=None,
         raise_on_error=True,
     )
+    return parsed
 
 
 @functools.lru_cache(maxsize=1024)
