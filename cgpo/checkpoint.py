@@ -6,7 +6,8 @@ Layout of ``OUTPUT_DIR/checkpoints/step-N/``::
     optimizer.pt         optimizer state
     scheduler.pt         learning-rate scheduler state
     rng-<rank>.pt        Python, NumPy and torch (CPU and CUDA) RNG states of each process
-    trainer_state.json   step, per-task sampler positions and scorer caches, monitor state
+    scorers-<rank>.json  each process's per-task baseline caches (generated a_bar and r(s, a_bar))
+    trainer_state.json   step, per-task sampler positions, monitor state
 
 A folder named ``step-N`` exists only once everything is in it (``os.rename`` of a finished temporary
 folder is atomic on one file system), so a crash at any point leaves the previous checkpoint usable.
@@ -82,13 +83,17 @@ def write_main_files(
     staging: Path,
     *,
     model: Any,
+    weights: Mapping[str, Any],
     tokenizer: Any,
     optimizer: Any,
     scheduler: Any,
     state: Mapping[str, Any],
 ) -> None:
-    """The main process's part of a checkpoint (model, optimizer, scheduler, trainer state)."""
-    model.save_pretrained(staging / "policy", safe_serialization=True)
+    """The main process's part of a checkpoint (model, optimizer, scheduler, trainer state).
+
+    ``weights`` is the full state dict gathered from every process (``accelerator.get_state_dict``).
+    """
+    model.save_pretrained(staging / "policy", state_dict=dict(weights), safe_serialization=True)
     tokenizer.save_pretrained(staging / "policy")
     torch.save(optimizer.state_dict(), staging / "optimizer.pt")
     torch.save(scheduler.state_dict(), staging / "scheduler.pt")
@@ -98,8 +103,10 @@ def write_main_files(
     os.replace(tmp, staging / STATE_FILE)
 
 
-def write_rng(staging: Path, rank: int) -> None:
+def write_process_state(staging: Path, rank: int, scorers: Mapping[str, Any]) -> None:
+    """One process's RNG states and scorer caches."""
     torch.save(rng_state(), staging / f"rng-{rank}.pt")
+    (staging / f"scorers-{rank}.json").write_text(json.dumps(scorers), encoding="utf-8")
 
 
 def publish(staging: Path, step: int, keep: int) -> Path:
@@ -118,10 +125,10 @@ def read_state(folder: Path) -> dict[str, Any]:
     return dict(json.loads((folder / STATE_FILE).read_text(encoding="utf-8")))
 
 
-def load_rng(folder: Path, rank: int) -> None:
-    path = folder / f"rng-{rank}.pt"
-    if path.is_file():
-        set_rng_state(torch.load(path, weights_only=False))
+def load_process_state(folder: Path, rank: int) -> dict[str, Any]:
+    """Restore one process's RNG states; return its scorer caches by task."""
+    set_rng_state(torch.load(folder / f"rng-{rank}.pt", weights_only=False))
+    return dict(json.loads((folder / f"scorers-{rank}.json").read_text(encoding="utf-8")))
 
 
 def remove_stale_staging(output_dir: Path) -> None:

@@ -444,11 +444,12 @@ class GenerationConfig:
     """Rollout generation.
 
     Args:
-        backend: ``transformers`` (``model.generate``, any device) or ``vllm`` (GPU, when installed).
+        backend: ``transformers`` (``model.generate`` on the training process's device). A vLLM backend is
+            not part of this version; the key exists so that configs name their backend explicitly.
         max_batch_size: Most sequences per generate call (none: all prompts of the step at once).
     """
 
-    backend: Literal["transformers", "vllm"] = "transformers"
+    backend: Literal["transformers"] = "transformers"
     max_batch_size: int | None = None
 
     def __post_init__(self) -> None:

@@ -111,6 +111,13 @@ class CGPOTrainer:
         )
         self.world = self.accelerator.num_processes
         self.rank = self.accelerator.process_index
+        if self.accelerator.distributed_type.name == "DEEPSPEED":
+            # accelerate's DeepSpeed engine steps on every synchronized backward, and ZeRO-3 partitions the
+            # frozen reference and reward models too; neither fits one update over several tasks yet.
+            raise UserError(
+                "DeepSpeed is not supported by this version of the trainer; launch with DDP "
+                "(configs/accelerate/ddp.yaml) or FSDP (configs/accelerate/fsdp.yaml), see configs/accelerate/README.md"
+            )
         set_seed(cfg.seed)  # identical on every process: LoRA initialization must match across ranks
         self._load_models()
         self.tasks = [self._build_task(task) for task in self.config.tasks]
@@ -315,7 +322,7 @@ class CGPOTrainer:
             batch, tempered, baseline_args = self._policy_batch(
                 task, drawn, rollout, verdicts, rewards, calibrated, baselines
             )
-            loss, stats, bad = self._backward(task, batch, rollout, baseline_args)
+            loss, stats, bad = self._backward(task, batch, rollout, baseline_args, last)
         metrics = self._task_metrics(task.name, mixture, rewards, calibrated, batch, tempered, loss, stats)
         return loss, metrics, bad
 
@@ -409,9 +416,17 @@ class CGPOTrainer:
         return size is not None and size < rows
 
     def _backward(
-        self, task: TaskState, batch: PolicyBatch, rollout: Rollout, baseline_args: tuple[torch.Tensor, ...] | None
+        self,
+        task: TaskState,
+        batch: PolicyBatch,
+        rollout: Rollout,
+        baseline_args: tuple[torch.Tensor, ...] | None,
+        last: bool,
     ) -> tuple[float, dict[str, float], float]:
-        """5. The task's loss, normalized across processes, weighted by rho, backpropagated."""
+        """5. The task's loss, normalized across processes, weighted by rho, backpropagated.
+
+        ``last``: this is the step's last task, whose last backward synchronizes gradients.
+        """
         micro = self._micro_batches(batch.logps.numel())
         if micro:  # the loss on detached log-probs, then its gradient pushed through the model chunk by chunk
             batch.logps = batch.logps.detach().requires_grad_(True)
@@ -435,18 +450,29 @@ class CGPOTrainer:
         grads = torch.autograd.grad(scaled, leaves, allow_unused=True)
         coef = grads[0] if grads[0] is not None else torch.zeros_like(batch.logps)
         rollout_args = (rollout.prompt_ids, rollout.prompt_mask, rollout.completion_ids, rollout.completion_mask)
-        self._push_gradient(rollout_args, coef.flatten())
-        if baseline_args is not None and len(grads) > 1 and grads[1] is not None:
-            self._push_gradient(baseline_args, grads[1])
+        pushes = [(rollout_args, coef.flatten())]
+        if baseline_args is not None and batch.baseline_logps is not None:
+            # Every process must make the same DDP forward/backward calls: push a zero coefficient when this
+            # process's loss did not use a_bar (e.g. a non-finite loss replaced by a zero).
+            base = grads[1] if len(grads) > 1 and grads[1] is not None else torch.zeros_like(batch.baseline_logps)
+            pushes.append((baseline_args, base))
+        for i, (args, c) in enumerate(pushes):
+            self._push_gradient(args, c, final=last and i == len(pushes) - 1)
         return loss_value, out.stats, bad
 
-    def _push_gradient(self, args: tuple[torch.Tensor, ...], coef: torch.Tensor) -> None:
-        """backward(sum_i coef_i * log pi(a_i|s_i)) over micro-batches of rows: the chain rule, chunk by chunk."""
+    def _push_gradient(self, args: tuple[torch.Tensor, ...], coef: torch.Tensor, *, final: bool) -> None:
+        """backward(sum_i coef_i * log pi(a_i|s_i)) over micro-batches of rows: the chain rule, chunk by chunk.
+
+        Only the step's very last backward (``final``) synchronizes gradients across processes.
+        """
         size = self.config.training.micro_batch_size or len(coef)
-        for start in range(0, len(coef), size):
+        starts = list(range(0, len(coef), size))
+        for start in starts:
             rows = slice(start, start + size)
-            tok, _ = token_logprobs(self.policy, *(t[rows] for t in args))
-            self.accelerator.backward((coef[rows].detach() * tok.sum(dim=1)).sum())
+            sync = final and start == starts[-1]
+            with contextlib.nullcontext() if sync else self.accelerator.no_sync(self.policy):
+                tok, _ = token_logprobs(self.policy, *(t[rows] for t in args))
+                self.accelerator.backward((coef[rows].detach() * tok.sum(dim=1)).sum())
 
     def _optimizer_step(self, nonfinite: torch.Tensor) -> float:
         """6. Clip once and step once; skip the step on every process if any saw a non-finite loss or norm."""
@@ -588,7 +614,6 @@ class CGPOTrainer:
             "step": self.step,
             "world_size": self.world,
             "samplers": {t.name: t.sampler.state_dict() for t in self.tasks},
-            "scorers": {t.name: t.scorer.state_dict() for t in self.tasks},
             "monitor": self.monitor.state_dict(),
         }
 
@@ -598,11 +623,14 @@ class CGPOTrainer:
         if self.is_main:
             staging.mkdir(parents=True, exist_ok=True)
         self.accelerator.wait_for_everyone()
-        ckpt.write_rng(staging, self.rank)
+        # Per process: RNG states and the scorers' baseline caches (each process generates its own a_bar).
+        ckpt.write_process_state(staging, self.rank, {t.name: t.scorer.state_dict() for t in self.tasks})
+        # Gathered on every process (FSDP shards the weights), written by the main one.
+        weights = self.accelerator.get_state_dict(self.policy)
         self.accelerator.wait_for_everyone()
         if self.is_main:
-            ckpt.write_main_files(staging, model=self.unwrapped, tokenizer=self.tokenizer, optimizer=self.optimizer,
-                                  scheduler=self.scheduler, state=self._trainer_state())  # fmt: skip
+            ckpt.write_main_files(staging, model=self.unwrapped, weights=weights, tokenizer=self.tokenizer,
+                                  optimizer=self.optimizer, scheduler=self.scheduler, state=self._trainer_state())  # fmt: skip
             final = ckpt.publish(staging, self.step, self.config.training.keep_checkpoints)
             self.log(f"checkpoint: {final}")
         self.accelerator.wait_for_everyone()
@@ -625,10 +653,10 @@ class CGPOTrainer:
         self._load_weights(folder / "policy")
         self.optimizer.load_state_dict(torch.load(folder / "optimizer.pt", weights_only=False))
         self.scheduler.load_state_dict(torch.load(folder / "scheduler.pt", weights_only=False))
-        ckpt.load_rng(folder, self.rank)
+        scorers = ckpt.load_process_state(folder, self.rank)
         for task in self.tasks:
             task.sampler.load_state_dict(state["samplers"][task.name])
-            task.scorer.load_state_dict(state["scorers"][task.name])
+            task.scorer.load_state_dict(scorers[task.name])
         self.monitor.load_state_dict(state["monitor"])
         self.step = int(state["step"])
         if self.is_main:

@@ -1,4 +1,4 @@
-"""``cgpo validate FILE...``: check task YAMLs and run configs without loading any model."""
+"""``cgpo validate FILE...``: check task YAMLs, run configs and accelerate configs without loading any model."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from typing import Any
 def add_parser(subparsers: Any) -> None:
     parser = subparsers.add_parser(
         "validate",
-        help="check task YAMLs and run configs",
+        help="check task YAMLs, run configs and accelerate configs",
         description=(
             "Check task YAMLs and run configs: keys, types, values, judge/optimizer/reward names and their "
             "params, data files. Prints 'ok' per valid file; for an invalid one prints FILE: key.path: reason "
