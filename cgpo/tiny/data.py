@@ -3,7 +3,7 @@ r"""Synthetic task families the tiny model learns: short enough for a character-
 Each family yields records ``{"prompt", "completion", ...judge metadata}`` in the formats the built-in
 judges read, so the bundled tiny tasks (``tasks/tiny_*.yaml``) exercise the real judges:
 
-* ``arithmetic``: "What is 37+5?" -> ``\boxed{42}`` (math judge, ``answer_format: boxed``; metadata
+* ``arithmetic``: "What is 17+5?" -> ``\boxed{22}`` (math judge, ``answer_format: boxed``; metadata
   ``answer``);
 * ``instructions``: one IFEval instruction per prompt (quotation, end phrase, title, placeholder), with
   IFEval's own ``instruction_id_list`` / ``kwargs`` metadata (ifeval judge);
@@ -38,10 +38,10 @@ KEYS = ("cat", "dog", "sun", "sky", "red", "car", "box", "map", "key", "pen")
 
 
 def arithmetic(rng: random.Random) -> Record:
-    # A two-digit number and a one-digit number: hard enough that the warm start gets only part of them
-    # right, easy enough that a 1M-parameter character model can learn them on a CPU.
-    a, b = rng.randint(10, 59), rng.randint(0, 9)
-    if rng.random() < 0.5:
+    # Numbers below 20 and one digit: hard enough that the warm start gets only part of the held-out facts
+    # right, small enough that a 1M-parameter character model learns them in a minute of CPU time.
+    a, b = rng.randint(0, 19), rng.randint(0, 9)
+    if rng.random() < 0.5 or a < b:
         question, answer = f"What is {a}+{b}?", a + b
     else:
         question, answer = f"What is {a}-{b}?", a - b
@@ -134,12 +134,17 @@ def bundled_splits(family: str) -> dict[str, list[Record]]:
     return splits
 
 
+#: Share of each family in the warm-start SFT data, relative to the others: arithmetic needs the most practice.
+SFT_WEIGHTS = {"arithmetic": 2, "instructions": 1, "json": 1, "code": 1}
+
+
 def sft_records(seed: int, per_family: int) -> Iterator[Record]:
-    """Warm-start SFT data: every family, excluding all bundled eval prompts, interleaved."""
+    """Warm-start SFT data: every family (``per_family`` x its weight), excluding all bundled eval prompts."""
     held_out = {r["prompt"] for family in FAMILIES for r in bundled_splits(family)["eval"]}
-    columns = [generate(family, seed, per_family, held_out, distinct=False) for family in FAMILIES]
-    for row in zip(*columns, strict=True):
-        yield from row
+    pools = [generate(family, seed, per_family * SFT_WEIGHTS[family], held_out, distinct=False) for family in FAMILIES]
+    mixed = [record for pool in pools for record in pool]
+    random.Random(f"sft:{seed}").shuffle(mixed)
+    yield from mixed
 
 
 def write_bundled(folder: Path) -> list[Path]:
