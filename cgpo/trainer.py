@@ -32,6 +32,7 @@ exact resume: weights, optimizer, scheduler, RNG states, sampler positions and b
 from __future__ import annotations
 
 import contextlib
+import io
 import math
 import signal
 import time
@@ -136,6 +137,8 @@ class CGPOTrainer:
         set_seed(cfg.seed, device_specific=True)
         self.monitor = RewardHackingMonitor()
         self.metrics = MetricsWriter(self.output_dir / "metrics.jsonl")
+        self.evals = MetricsWriter(self.output_dir / "eval.jsonl")
+        self._eval_tasks: list[Any] | None = None
         if trackers:
             from cgpo.schema import to_dict
 
@@ -245,6 +248,38 @@ class CGPOTrainer:
         else:
             with self.unwrapped.disable_adapter():
                 yield self.unwrapped
+
+    # ------------------------------------------------------------------------------------------------------------
+    # Held-out evaluation during training (training.eval_every)
+    # ------------------------------------------------------------------------------------------------------------
+    def evaluate(self) -> dict[str, Any] | None:
+        """Greedy evaluation of the current policy on the tasks' eval splits (as ``cgpo eval``), main process only.
+
+        Appends ``{"step", "tasks": ...}`` to ``OUTPUT_DIR/eval.jsonl`` and logs the table. Generated baselines
+        come from pi_ref, as in ``cgpo eval``, so every evaluation of the run shares them.
+        """
+        from cgpo.evaluation import LoadedModel, evaluate_loaded, plan_tasks, print_table
+
+        result: dict[str, Any] | None = None
+        if self.is_main:
+            if self._eval_tasks is None:
+                self._eval_tasks = plan_tasks(self.config)[0]
+            policy = LoadedModel(self.unwrapped, self.tokenizer, f"policy at step {self.step}")
+            reference = LoadedModel(
+                self.reference if self.reference is not None else _AdaptersDisabled(self.unwrapped),
+                self.tokenizer,
+                "reference",
+            )
+            with torch.no_grad():
+                result = evaluate_loaded(self.config, self._eval_tasks, policy, lambda: reference,
+                                         device=self.accelerator.device, log=lambda _: None)  # fmt: skip
+            result = {"step": self.step, **result}
+            self.evals.write(result)
+            stream = io.StringIO()
+            print_table({**result, "model": f"held-out evaluation at step {self.step}"}, file=stream)
+            self.log(stream.getvalue().rstrip())
+        self.accelerator.wait_for_everyone()
+        return result
 
     def draw(self, task: TaskState) -> list[int]:
         """This process's B prompt indices: every process draws the same global batch and keeps its slice."""
@@ -557,6 +592,8 @@ class CGPOTrainer:
         progress = Progress(self.config.logging.progress, cfg.max_steps, self.step, self.log) if self.is_main else None
         previous = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
         try:
+            if cfg.eval_every and self.step == 0:
+                self.evaluate()  # the "before" of the run
             while self.step < cfg.max_steps:
                 if self._stop_signal is not None:
                     raise TrainingInterrupted
@@ -573,6 +610,8 @@ class CGPOTrainer:
                     self.accelerator.log(metrics, step=self.step)
                 if cfg.save_every and self.step % cfg.save_every == 0 and self.step < cfg.max_steps:
                     self.save_checkpoint()
+                if cfg.eval_every and (self.step % cfg.eval_every == 0 or self.step == cfg.max_steps):
+                    self.evaluate()
         except TrainingInterrupted:
             self.log(f"interrupted at step {self.step}: saving a checkpoint")
             self.save_checkpoint()
@@ -583,6 +622,7 @@ class CGPOTrainer:
             if progress is not None:
                 progress.close()
             self.metrics.close()
+            self.evals.close()
         latest = ckpt.latest_checkpoint(self.output_dir)
         if latest is None or latest.name != f"step-{self.step}":
             self.save_checkpoint()
@@ -643,6 +683,7 @@ class CGPOTrainer:
         if folder is None:
             if self.is_main:
                 self.metrics.truncate_after(0)
+                self.evals.truncate_after(-1)
             return
         state = ckpt.read_state(folder)
         if state["world_size"] != self.world:
@@ -661,6 +702,7 @@ class CGPOTrainer:
         self.step = int(state["step"])
         if self.is_main:
             self.metrics.truncate_after(self.step)
+            self.evals.truncate_after(self.step)
         self.log(f"resumed from {folder} (step {self.step})")
 
     def _load_weights(self, folder: Path) -> None:
@@ -731,6 +773,24 @@ class CGPOTrainer:
             task.scorer.close()
         if getattr(self, "accelerator", None) is not None and self.accelerator.trackers:
             self.accelerator.end_training()
+
+
+class _AdaptersDisabled:
+    """A LoRA policy seen as pi_ref: every forward and generate call runs with the adapters disabled."""
+
+    def __init__(self, model: Any) -> None:
+        self._model = model
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        with self._model.disable_adapter():
+            return self._model(*args, **kwargs)
+
+    def generate(self, *args: Any, **kwargs: Any) -> Any:
+        with self._model.disable_adapter():
+            return self._model.generate(*args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._model, name)
 
 
 def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:

@@ -27,9 +27,13 @@ def weights(folder: Path) -> dict[str, torch.Tensor]:
 
 
 def test_train_writes_metrics_checkpoints_and_a_loadable_final_model(write_run_config, tiny_models_dir):
-    config = write_run_config(training={"max_steps": 3, "learning_rate": 1.0e-3, "save_every": 2})
+    config = write_run_config(training={"max_steps": 3, "learning_rate": 1.0e-3, "save_every": 2, "eval_every": 2})
     assert main(["train", str(config)]) == 0
     out = run_dir(config)
+    evals = [json.loads(line) for line in (out / "eval.jsonl").read_text().splitlines()]
+    assert [e["step"] for e in evals] == [0, 2, 3]  # before, every 2 steps, and after
+    for task in TASKS:
+        assert evals[0]["tasks"][task]["n"] == 48 and 0.0 <= evals[-1]["tasks"][task]["pass_rate"] <= 1.0
     lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [line["step"] for line in lines] == [1, 2, 3]
     for line in lines:
