@@ -258,6 +258,7 @@ def load_run_config(path: str | Path, overrides: Sequence[str] = (), *, check_pl
     _load_task_entries(tree, file, display)
     for item in overrides:
         set_override(tree, *_split_override(item))
+    _load_task_entries(tree, file, display)  # an override may name a task file (tasks.2=path/task.yaml)
     tasks = tree.get("tasks")
     if isinstance(tasks, list):
         for task in tasks:

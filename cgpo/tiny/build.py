@@ -67,11 +67,26 @@ class TinyRecipe:
     eval_prompts_per_family: int = 32
 
     def identity(self) -> str:
-        digest = hashlib.sha256(json.dumps(dataclasses.asdict(self), sort_keys=True).encode()).hexdigest()[:10]
+        """Names the cache folder: the recipe's fields and the source of the code that builds from them.
+
+        Hashing the builder's own source means a changed data generator or training loop can never reuse a
+        stale cached model.
+        """
+        payload = json.dumps(dataclasses.asdict(self), sort_keys=True) + _builder_source()
+        digest = hashlib.sha256(payload.encode()).hexdigest()[:10]
         return f"v{RECIPE_VERSION}-seed{self.seed}-{digest}"
 
 
 DEFAULT_RECIPE = TinyRecipe()
+
+
+def _builder_source() -> str:
+    """The source of the modules that determine the tiny models (this one, the data, tokenizer, configs)."""
+    from cgpo.tiny import models, tokenizer
+
+    return "".join(Path(module.__file__).read_text(encoding="utf-8") for module in (data, models, tokenizer)) + Path(
+        __file__
+    ).read_text(encoding="utf-8")
 
 
 def cache_root() -> Path:
@@ -190,10 +205,18 @@ def _sft(
         return 0.05 + 0.95 * 0.5 * (1 + torch.cos(torch.tensor(progress * torch.pi)).item())
 
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda)
-    batches = _length_bucketed_batches(
-        [len(p) + len(c) for p, c in zip(prompt_ids, completion_ids, strict=True)], recipe.sft_batch_size,
-        recipe.sft_steps, random.Random(recipe.seed),
-    )  # fmt: skip
+    # Plain shuffled batches: bucketing by length would group one task family per batch (lengths differ by
+    # family), which slows learning more than the padding it saves.
+    order = random.Random(recipe.seed)
+    batches: list[list[int]] = []
+    pool: list[int] = []
+    while len(batches) < recipe.sft_steps:
+        if len(pool) < recipe.sft_batch_size:
+            fresh = list(range(len(records)))
+            order.shuffle(fresh)
+            pool += fresh
+        batches.append(pool[: recipe.sft_batch_size])
+        pool = pool[recipe.sft_batch_size :]
     losses: list[float] = []
     policy.train()
     for step, batch in enumerate(batches):
@@ -212,27 +235,6 @@ def _sft(
     policy.eval()
     tail = losses[-20:]
     return round(sum(tail) / len(tail), 4)
-
-
-def _length_bucketed_batches(lengths: list[int], batch_size: int, steps: int, rng: random.Random) -> list[list[int]]:
-    """``steps`` batches of example indices, each holding examples of similar length.
-
-    Random pools of 16 batches are sorted by length, cut into batches and shuffled: character sequences
-    vary twofold in length, so this saves much of the padding.
-    """
-    pool_size = batch_size * 16
-    batches: list[list[int]] = []
-    order: list[int] = []
-    while len(batches) < steps:
-        if len(order) < pool_size:
-            fresh = list(range(len(lengths)))
-            rng.shuffle(fresh)
-            order += fresh
-        pool, order = sorted(order[:pool_size], key=lengths.__getitem__), order[pool_size:]
-        chunk = [pool[i : i + batch_size] for i in range(0, len(pool), batch_size)]
-        rng.shuffle(chunk)
-        batches += chunk
-    return batches[:steps]
 
 
 def _pack(prompts: list[list[int]], completions: list[list[int]], pad_id: int) -> tuple[Any, Any, Any]:
@@ -277,12 +279,12 @@ def corrupt(record: data.Record, rng: random.Random) -> str:
     if "answer" in record:  # arithmetic: a wrong number, or the right number without the box
         wrong = int(record["answer"]) + rng.choice((-10, -2, -1, 1, 2, 10))
         return f"\\boxed{{{wrong}}}" if rng.random() < 0.7 else record["answer"]
-    if "instruction_id_list" in record:  # break the instruction
-        return completion.strip('"[]').replace("<<", "").replace(">>", "").replace(" bye", "")
-    if "key" in record:  # a wrong value, or broken JSON
+    if "key" in record:  # a wrong value, or broken JSON (before instructions: JSON records carry both)
         return (
             json.dumps({record["key"]: record["value"] + rng.randint(1, 9)}) if rng.random() < 0.6 else completion[:-1]
         )
+    if "instruction_id_list" in record:  # break the instruction
+        return completion.strip('"[]').replace("<<", "").replace(">>", "").replace(" bye", "")
     # code: a wrong constant
     return completion.replace("return x", "return x+1" if rng.random() < 0.5 else "return 2*x", 1)
 

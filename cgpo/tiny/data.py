@@ -5,10 +5,11 @@ judges read, so the bundled tiny tasks (``tasks/tiny_*.yaml``) exercise the real
 
 * ``arithmetic``: "What is 17+5?" -> ``\boxed{22}`` (math judge, ``answer_format: boxed``; metadata
   ``answer``);
-* ``instructions``: one IFEval instruction per prompt (quotation, end phrase, title, placeholder), with
-  IFEval's own ``instruction_id_list`` / ``kwargs`` metadata (ifeval judge);
-* ``json``: "Give JSON with key cat set to 7." -> ``{"cat": 7}`` (format judge: valid JSON; metadata
-  ``key`` and ``value``);
+* ``instructions``: a format instruction (quotation, end phrase, title, placeholder) plus
+  ``keywords:existence`` for the requested words, in IFEval's own ``instruction_id_list`` / ``kwargs``
+  metadata (ifeval judge);
+* ``json``: "Give JSON with key cat set to 7." -> ``{"cat": 7}`` (format judge: valid JSON; ifeval judge:
+  the key and the value appear);
 * ``code``: "Write f(x) that returns x*3." -> a fenced Python function (code judge; metadata ``tests``).
 
 Generation is deterministic for a seed. The held-out evaluation prompts are generated first and excluded
@@ -49,26 +50,31 @@ def arithmetic(rng: random.Random) -> Record:
 
 
 def instructions(rng: random.Random) -> Record:
+    # Each prompt carries its format instruction and keywords:existence for its two words, so a reply in the
+    # right format with the wrong words is a violation.
     w1, w2 = rng.sample(WORDS, 2)
     kind = rng.randrange(4)
     if kind == 0:
-        return _ifeval(f"Say {w1} {w2} in double quotes.", f'"{w1} {w2}"', "startend:quotation", {})
-    if kind == 1:
-        return _ifeval(
-            f"Say {w1} {w2}, then end with bye.", f"{w1} {w2} bye", "startend:end_checker", {"end_phrase": "bye"}
+        prompt, completion, rule, kwargs = f"Say {w1} {w2} in double quotes.", f'"{w1} {w2}"', "startend:quotation", {}
+    elif kind == 1:
+        prompt, completion = f"Say {w1} {w2}, then end with bye.", f"{w1} {w2} bye"
+        rule, kwargs = "startend:end_checker", {"end_phrase": "bye"}
+    elif kind == 2:
+        prompt, completion, rule, kwargs = (
+            f"Write {w1} {w2} as a title.",
+            f"<<{w1} {w2}>>",
+            "detectable_format:title",
+            {},
         )
-    if kind == 2:
-        return _ifeval(f"Write {w1} {w2} as a title.", f"<<{w1} {w2}>>", "detectable_format:title", {})
-    return _ifeval(
-        f"Put {w1} {w2} in square brackets.",
-        f"[{w1} {w2}]",
-        "detectable_content:number_placeholders",
-        {"num_placeholders": 1},
-    )
-
-
-def _ifeval(prompt: str, completion: str, instruction_id: str, kwargs: dict[str, Any]) -> Record:
-    return {"prompt": prompt, "completion": completion, "instruction_id_list": [instruction_id], "kwargs": [kwargs]}
+    else:
+        prompt, completion = f"Put {w1} {w2} in square brackets.", f"[{w1} {w2}]"
+        rule, kwargs = "detectable_content:number_placeholders", {"num_placeholders": 1}
+    return {
+        "prompt": prompt,
+        "completion": completion,
+        "instruction_id_list": [rule, "keywords:existence"],
+        "kwargs": [kwargs, {"keywords": [w1, w2]}],
+    }
 
 
 def json_object(rng: random.Random) -> Record:
@@ -78,6 +84,9 @@ def json_object(rng: random.Random) -> Record:
         "completion": json.dumps({key: value}),
         "key": key,
         "value": value,
+        # The format judge checks that the reply is JSON; IFEval's keywords:existence that it has the key and value.
+        "instruction_id_list": ["keywords:existence"],
+        "kwargs": [{"keywords": [f'"{key}"', str(value)]}],
     }
 
 
