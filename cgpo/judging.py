@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, Literal, NamedTuple, TypeVar
 
 from cgpo.registry import Registry
-from cgpo.schema import build
+from cgpo.schema import Configurable
 
 SATISFIED = 1
 VIOLATED = 0
@@ -73,7 +73,7 @@ class JudgeConfigError(ValueError):
     """A judge's parameters or a sample's metadata are unusable as configured (a user mistake)."""
 
 
-class Judge(ABC):
+class Judge(Configurable, ABC):
     """Base class of every judge, built-in or plugin.
 
     Subclasses set ``Params`` (a frozen dataclass; its ``__post_init__`` may raise
@@ -91,16 +91,6 @@ class Judge(ABC):
     required_metadata: ClassVar[tuple[str, ...]] = ()
     #: Short description shown by ``cgpo list judges``.
     description: ClassVar[str] = ""
-
-    def __init__(self, params: Any = None, **kwargs: Any) -> None:
-        if params is not None and kwargs:
-            raise TypeError("give either a Params instance or keyword parameters, not both")
-        self.params = params if params is not None else self.parse_params(kwargs)
-
-    @classmethod
-    def parse_params(cls, data: Mapping[str, Any], path: tuple[str | int, ...] = ()) -> Any:
-        """Validate a task YAML's ``params`` mapping into ``Params``; raises :class:`cgpo.schema.SchemaError`."""
-        return build(cls.Params, data, path)
 
     @abstractmethod
     def judge_batch(
@@ -130,7 +120,7 @@ class Judge(ABC):
             return [failed(f"{type(self).__name__} returned {len(verdicts)} verdicts for {n} samples")] * n
         return [_coerce(v, type(self).__name__) for v in verdicts]
 
-    def close(self) -> None:  # noqa: B027 - an optional hook: judges without resources need not override it
+    def close(self) -> None:
         """Release worker processes, HTTP sessions or models. Safe to call twice."""
 
     def __enter__(self: _J) -> _J:

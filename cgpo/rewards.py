@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from cgpo.registry import Registry
-from cgpo.schema import build
+from cgpo.schema import Configurable
 
 
 @dataclass(frozen=True)
@@ -23,21 +23,11 @@ class NoRewardParams:
     """Params of a reward function that takes none."""
 
 
-class RewardFunction(ABC):
+class RewardFunction(Configurable, ABC):
     """Base class of named reward functions: raw scores r(s, a), one float per sample."""
 
     Params: ClassVar[type] = NoRewardParams
     description: ClassVar[str] = ""
-
-    def __init__(self, params: Any = None, **kwargs: Any) -> None:
-        if params is not None and kwargs:
-            raise TypeError("give either a Params instance or keyword parameters, not both")
-        self.params = params if params is not None else self.parse_params(kwargs)
-
-    @classmethod
-    def parse_params(cls, data: Mapping[str, Any], path: tuple[str | int, ...] = ()) -> Any:
-        """Validate a task YAML's ``reward.params`` into ``Params``; raises :class:`cgpo.schema.SchemaError`."""
-        return build(cls.Params, data, path)
 
     @abstractmethod
     def __call__(

@@ -19,7 +19,7 @@ import re
 import types
 import typing
 from collections.abc import Mapping
-from typing import Any, Literal, TypeVar, Union, get_args, get_origin
+from typing import Any, ClassVar, Literal, TypeVar, Union, get_args, get_origin
 
 KeyPath = tuple[str | int, ...]
 T = TypeVar("T")
@@ -185,3 +185,24 @@ def to_dict(obj: Any) -> Any:
     if isinstance(obj, Mapping):
         return {k: to_dict(v) for k, v in obj.items()}
     return obj
+
+
+class Configurable:
+    """Base of every plugin configured by a frozen ``Params`` dataclass (judges, optimizers, reward functions).
+
+    ``cls.parse_params(mapping)`` validates a YAML ``params`` mapping without constructing the plugin, which
+    is how ``cgpo validate`` checks them before anything heavy loads; ``cls(params)`` or ``cls(**kwargs)``
+    builds it.
+    """
+
+    Params: ClassVar[type]
+
+    def __init__(self, params: Any = None, **kwargs: Any) -> None:
+        if params is not None and kwargs:
+            raise TypeError("give either a Params instance or keyword parameters, not both")
+        self.params = params if params is not None else self.parse_params(kwargs)
+
+    @classmethod
+    def parse_params(cls, data: Mapping[str, Any], path: KeyPath = ()) -> Any:
+        """Validate a ``params`` mapping into ``Params``; raises :class:`SchemaError` at the offending key."""
+        return build(cls.Params, data, path)

@@ -14,12 +14,11 @@ from __future__ import annotations
 import dataclasses
 import inspect
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from cgpo.registry import Registry
-from cgpo.schema import build
+from cgpo.schema import Configurable
 
 if TYPE_CHECKING:
     import torch
@@ -93,7 +92,7 @@ class NoHyperparameters:
     """Hyperparameters of an optimizer that takes none."""
 
 
-class Optimizer(ABC):
+class Optimizer(Configurable, ABC):
     """Base class of every per-task optimizer, built-in or plugin.
 
     Subclasses set ``Params`` (a frozen dataclass of hyperparameters, validated from the task YAML's
@@ -109,16 +108,6 @@ class Optimizer(ABC):
     #: Whether the loss reads ``kl_threshold`` (so a task must set one).
     uses_kl_threshold: ClassVar[bool] = False
     description: ClassVar[str] = ""
-
-    def __init__(self, params: Any = None, **kwargs: Any) -> None:
-        if params is not None and kwargs:
-            raise TypeError("give either a Params instance or keyword hyperparameters, not both")
-        self.params = params if params is not None else self.parse_params(kwargs)
-
-    @classmethod
-    def parse_params(cls, data: Mapping[str, Any], path: tuple[str | int, ...] = ()) -> Any:
-        """Validate a task YAML's ``optimizer.params`` into ``Params``; raises :class:`cgpo.schema.SchemaError`."""
-        return build(cls.Params, data, path)
 
     @abstractmethod
     def loss(self, batch: PolicyBatch) -> LossOutput:

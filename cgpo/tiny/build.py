@@ -58,10 +58,10 @@ class TinyRecipe:
     policy_layers: int = 4
     reward_layers: int = 2
     sft_records_per_family: int = 2000
-    sft_steps: int = 500
+    sft_steps: int = 420
     sft_batch_size: int = 32
     sft_learning_rate: float = 3e-3
-    rm_steps: int = 120
+    rm_steps: int = 80
     rm_batch_size: int = 32
     rm_learning_rate: float = 1e-3
     eval_prompts_per_family: int = 32
