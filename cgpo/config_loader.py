@@ -225,16 +225,20 @@ def _split_override(item: str) -> tuple[str, str]:
 def _load_task_entries(tree: SourcedDict, file: Path, display: str) -> None:
     """Replace each ``tasks`` entry (a path, ``{include: path, ...}`` or an inline task) by its mapping."""
     tasks = tree.get("tasks")
-    if not isinstance(tasks, SourcedList):
+    if not isinstance(tasks, list):
         return
+    # A list given by an override (tasks=[a.yaml, b.yaml]) carries no origins: it comes from the command line.
+    origins = tasks.origins if isinstance(tasks, SourcedList) else [tree.origins.get("tasks")] * len(tasks)
     for i, entry in enumerate(tasks):
         if isinstance(entry, str):
-            wrapped = SourcedDict(include=entry)
-            wrapped.origin = tasks.origins[i]
-            if wrapped.origin:
-                wrapped.origins["include"] = wrapped.origin
-            entry = wrapped
+            entry = SourcedDict(include=entry)
+        elif isinstance(entry, dict) and not isinstance(entry, SourcedDict):
+            entry = SourcedDict(entry)
         if isinstance(entry, SourcedDict):
+            if entry.origin is None:
+                entry.origin = origins[i]
+            if "include" in entry and "include" not in entry.origins and entry.origin:
+                entry.origins["include"] = entry.origin
             tasks[i] = _resolve_include(entry, file.resolve(), (file.resolve(),))
 
 

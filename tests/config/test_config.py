@@ -183,3 +183,11 @@ def test_run_config_keys(folder):
     write(folder, "run.yaml", RUN.replace("output_dir: out\n", ""))
     err = error_of(load_run_config, folder / "run.yaml")
     assert (err.key_path, err.reason) == ("output_dir", "missing required key")
+
+
+def test_override_can_replace_the_task_list_with_task_files(folder):
+    (folder / "other.yaml").write_text(TASK.replace("name: arith", "name: other"))
+    config = load_run_config(folder / "run.yaml", ["tasks=[other.yaml, task.yaml]"])
+    assert [t.name for t in config.tasks] == ["other", "arith"]
+    err = error_of(load_run_config, folder / "run.yaml", ["tasks=[missing.yaml]"])
+    assert "missing.yaml" in err.reason
