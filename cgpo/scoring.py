@@ -38,12 +38,11 @@ class TaskScorer:
 
     def __init__(self, task: TaskConfig, *, resolve_model: Callable[[str], str], device: str, dtype: str) -> None:
         self.task = task
-        self.mixture = MixtureOfJudges(
-            {
-                spec.metric_label: JUDGES.get(spec.name)(JUDGES.get(spec.name).parse_params(spec.params))
-                for spec in task.judges
-            }
-        )
+        judges = {}
+        for spec in task.judges:
+            judge_cls = JUDGES.get(spec.name)
+            judges[spec.metric_label] = judge_cls(judge_cls.parse_params(spec.params))
+        self.mixture = MixtureOfJudges(judges)
         self.reward_fn: Any = None
         self.reward_identity = ""
         reward = task.reward

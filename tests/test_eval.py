@@ -19,7 +19,7 @@ from cgpo.cli import main
 REPO = Path(__file__).resolve().parent.parent
 MAX_PROMPTS = 4
 EVALUATED = ("tiny_arithmetic", "tiny_json", "tiny_instructions")
-LABELS = {"tiny_arithmetic": "math", "tiny_json": "format", "tiny_instructions": "ifeval"}
+LABELS = {"tiny_arithmetic": ("math",), "tiny_json": ("format", "ifeval"), "tiny_instructions": ("ifeval",)}
 
 
 def write_config(folder: Path, models: Path, **overrides: Any) -> Path:
@@ -95,11 +95,12 @@ def test_results_follow_the_schema_and_the_table_lists_every_task(before, workdi
         assert 0.0 <= metrics["pass_rate"] <= 1.0
         assert 0.0 < metrics["calibrated_reward"] < 1.0
         assert isinstance(metrics["reward"], float)
-        assert set(metrics["judges"]) == {LABELS[name]}
-        rates = metrics["judges"][LABELS[name]]
-        assert set(rates) == {"violation_rate", "error_rate"}
-        # One judge: a pass is exactly a sample it neither violates nor fails on.
-        assert metrics["pass_rate"] == pytest.approx(1.0 - rates["violation_rate"] - rates["error_rate"])
+        assert set(metrics["judges"]) == set(LABELS[name])
+        for rates in metrics["judges"].values():
+            assert set(rates) == {"violation_rate", "error_rate"}
+        if len(LABELS[name]) == 1:  # one judge: a pass is exactly a sample it neither violates nor fails on
+            rates = metrics["judges"][LABELS[name][0]]
+            assert metrics["pass_rate"] == pytest.approx(1.0 - rates["violation_rate"] - rates["error_rate"])
         rows = before["samples"][name]
         assert len(rows) == MAX_PROMPTS
         assert metrics["pass_rate"] == pytest.approx(sum(r["verdict"] == 1 for r in rows) / len(rows))
