@@ -19,6 +19,7 @@ it once. Everything loads with ``AutoTokenizer`` / ``AutoModelForCausalLM`` /
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import os
@@ -80,13 +81,13 @@ class TinyRecipe:
 DEFAULT_RECIPE = TinyRecipe()
 
 
+@functools.cache
 def _builder_source() -> str:
     """The source of the modules that determine the tiny models (this one, the data, tokenizer, configs)."""
     from cgpo.tiny import models, tokenizer
 
-    return "".join(Path(module.__file__).read_text(encoding="utf-8") for module in (data, models, tokenizer)) + Path(
-        __file__
-    ).read_text(encoding="utf-8")
+    files = [Path(module.__file__ or "") for module in (data, models, tokenizer)] + [Path(__file__)]
+    return "".join(path.read_text(encoding="utf-8") for path in files)
 
 
 def cache_root() -> Path:
