@@ -19,7 +19,7 @@ from cgpo import __version__
 from cgpo.errors import UserError
 
 #: Subcommand modules, in the order ``cgpo --help`` lists them.
-COMMANDS = ("train", "eval", "validate", "list", "bootstrap", "judge")
+COMMANDS = ("train", "eval", "validate", "list", "bootstrap", "judge", "report")
 
 
 def build_parser() -> argparse.ArgumentParser:
