@@ -205,7 +205,8 @@ class GRPORewardFunction:
 
     Example::
 
-        reward = GRPORewardFunction({"math": MathJudge(), "format": FormatJudge(max_words=200)}, failed=None)
+        judges = {"math": MathJudge(answer_format="gsm8k"), "format": FormatJudge(max_words=200)}
+        reward = GRPORewardFunction(judges, failed=None)
         reward(prompts=["2+2?"], completions=["#### 4"], answer=["4"])   # -> [1.0] if both judges pass
     """
 

@@ -163,8 +163,8 @@ class RewardConfig:
         params: Parameters of the reward function.
         baseline: Source of the calibration baseline a_bar in sigmoid(r(s,a) - r(s,a_bar)) (eq. 5):
             ``reference`` (the dataset's gold response, ``prompts.reference_field``), ``generated``
-            (generated once by the reference model and cached), or ``none`` (no calibration: r is used
-            as given, which suits rewards already in [0, 1]).
+            (generated once by the reference model and cached), or ``none`` (r(s,a_bar) = 0, so the
+            calibrated reward is sigmoid(r): a reward in {0, 1} becomes 0.5 or 0.73).
         batch_size: Reward-model scoring batch size.
         max_length: Truncate scored sequences to this many tokens (default: the model's limit).
     """
@@ -381,7 +381,8 @@ class TrainingConfig:
         precision: ``fp32``, or ``bf16`` / ``fp16`` mixed precision on GPU.
         gradient_checkpointing: Trade compute for activation memory.
         seed: Seed of every random choice (sampling, prompt order, initialization of adapters).
-        save_every: Write a checkpoint every N steps (0: only the final model).
+        save_every: Write a checkpoint every N steps (0: none on the way); the last step and a Ctrl-C always
+            write one, so a finished or interrupted run can be resumed.
         keep_checkpoints: How many recent checkpoints to keep.
         eval_every: Evaluate on the eval splits every N steps (none: never during training).
         lora: LoRA settings; none trains all weights.
