@@ -31,11 +31,13 @@ tables only cache pure functions, so both functions are safe to call from severa
 
 from __future__ import annotations
 
+import math
 import random
 import re
 import sys
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from array import array
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from operator import itemgetter
 from typing import Any
@@ -53,8 +55,9 @@ _PROB_THRESHOLD = 0.1
 _MAX_TEXT_LENGTH = 10000
 _SPACES = re.compile(" {2,}")
 _WORD_CACHE_SIZE = 200_000
-# Below this many texts still running, detect_many finishes them one by one (numpy's per-call overhead wins).
-_LOCKSTEP_MIN = 4
+_TWOPI = 2.0 * math.pi  # random.TWOPI
+# langdetect stops a trial at i >= 1000, checked every fifth pick after the first: after 200 blocks of five.
+_LIMIT_BLOCKS = _ITERATION_LIMIT // 5
 # langdetect normalises with builtin sum(); before Python 3.12 that adds floats left to right.
 _SEQUENTIAL_SUM = sys.version_info < (3, 12)
 
@@ -98,8 +101,87 @@ class _ScriptClasses(dict[int, str]):
 _DROP_ASCII_LATIN = dict.fromkeys(range(ord("A"), ord("z") + 1))
 
 
+class _Draws:
+    """The start of ``random.Random(_SEED)``'s output, so that a detection's draws can be read off an array.
+
+    langdetect seeds its generator with the same seed for every text, so every detection consumes the same
+    stream of 32-bit Mersenne Twister outputs ``w_0, w_1, ...``; only how it consumes them depends on the text.
+    CPython 3's ``Random.choice(seq)`` is ``seq[_randbelow(n)]``, and ``_randbelow(n)`` takes
+    ``w >> (32 - n.bit_length())`` from successive outputs until one is below ``n``; ``Random.random()`` takes
+    two outputs, ``((w_a >> 5) * 2**26 + (w_b >> 6)) / 2**53``; ``Random.gauss`` makes two normal values from
+    two ``random()`` calls and returns the second one at its next call. So for a text of ``n`` n-grams the picks
+    are the outputs whose shifted value is below ``n``, in order, except the four outputs each fresh ``gauss``
+    call takes at the start of trials 1, 3, 5 and 7. :class:`_Draws` holds enough outputs for any detection:
+    every output whose top bit is 0 is accepted for every ``n``, and a detection needs at most
+    ``7 * 1001`` picks plus 16 outputs for ``gauss``.
+
+    The construction checks these rules against ``random.Random`` itself; where they do not hold (another
+    interpreter's ``random``), :attr:`valid` is false and :func:`detect_many` uses the one-by-one path.
+    """
+
+    _NEEDED = _TRIALS * (_ITERATION_LIMIT + 1) + 4 * 4 + 8  # picks + gauss outputs + slack for padded reads
+
+    def __init__(self, np: Any) -> None:
+        rng = random.Random(_SEED)
+        getrandbits = rng.getrandbits
+        words: list[int] = []
+        low = 0
+        while low < self._NEEDED:
+            word = getrandbits(32)
+            words.append(word)
+            low += word < 0x80000000
+        self.words = words
+        # Shifted outputs for each bit length k of n (n < 2**16 since texts are cut to 10,000 characters;
+        # longer n-gram lists fall back to the one-by-one path).
+        array = np.array(words, dtype=np.uint32)
+        self.shifted = [array >> np.uint32(32 - k) if k else None for k in range(17)]
+        self.valid = self._matches_random()
+
+    def gauss_pair(self, position: int) -> tuple[float, float]:
+        """What a fresh ``gauss()`` returns and keeps for its next call, from the outputs at ``position``."""
+        w = self.words
+        x2pi = ((w[position] >> 5) * 67108864.0 + (w[position + 1] >> 6)) * (1.0 / 9007199254740992.0) * _TWOPI
+        u = ((w[position + 2] >> 5) * 67108864.0 + (w[position + 3] >> 6)) * (1.0 / 9007199254740992.0)
+        g2rad = math.sqrt(-2.0 * math.log(1.0 - u))
+        return math.cos(x2pi) * g2rad, math.sin(x2pi) * g2rad
+
+    def accepted(self, n: int) -> tuple[Any, Any]:
+        """(positions in the stream, values) of the outputs ``_randbelow(n)`` accepts, in order."""
+        import numpy as np
+
+        shifted = self.shifted[n.bit_length()]
+        positions = np.flatnonzero(shifted < n)
+        return positions, shifted[positions]
+
+    def _matches_random(self) -> bool:
+        """Replay detections' draw sequences (gauss, then picks, per trial) with ``random.Random`` and compare."""
+        import numpy as np
+
+        if random.Random._randbelow is not getattr(random.Random, "_randbelow_with_getrandbits", None):  # type: ignore[attr-defined]
+            return False
+        for n in (1, 2, 3, 7, 100, 1023, 1024, 1025, 9999, 30001, 65535):
+            rng = random.Random(_SEED)
+            positions, values = self.accepted(n)
+            q, z_next = 0, 0.0
+            for trial, picks in enumerate((1, 6, 11, 1001, 3, 16, 1001)):
+                if trial % 2 == 0:
+                    start = int(positions[q - 1]) + 1 if q else 0
+                    z, z_next = self.gauss_pair(start)
+                    q = int(np.searchsorted(positions, start + 4))
+                else:
+                    z = z_next
+                if rng.gauss(0.0, 1.0) != z:
+                    return False
+                for _ in range(picks):
+                    if rng._randbelow(n) != values[q]:  # type: ignore[attr-defined]
+                        return False
+                    q += 1
+        return True
+
+
 class _Model:
     def __init__(self) -> None:
+        import numpy as np
         from langdetect.detector import Detector
         from langdetect.detector_factory import PROFILES_DIRECTORY, DetectorFactory
         from langdetect.utils.ngram import NGram
@@ -108,21 +190,41 @@ class _Model:
         factory = DetectorFactory()  # a private factory: langdetect's global one is left untouched
         factory.load_profile(PROFILES_DIRECTORY)
         self.langs: list[str] = list(factory.langlist)
-        self.probs: dict[str, list[float]] = factory.word_lang_prob_map
+        probs: dict[str, list[float]] = factory.word_lang_prob_map
+        # N-grams are numbered in profile order; row g of `rows` (and of `matrix`, once filled) is
+        # P(n-gram g | language) for each language in `langs` order.
+        self.gram_id: dict[str, int] = {gram: g for g, gram in enumerate(probs)}
+        self.rows: list[list[float]] = list(probs.values())
+        # Filled row by row when a word first yields an n-gram (converting all 87,598 rows up front takes about a
+        # second); np.empty leaves the untouched pages unallocated.
+        self.matrix = np.empty((len(self.rows), len(self.langs)))
+        self._filled = bytearray(len(self.rows))
         self.url_re: re.Pattern[str] = Detector.URL_RE
         self.mail_re: re.Pattern[str] = Detector.MAIL_RE
         self.normalize_vi: Callable[[str], str] = NGram.normalize_vi
         self.unicode_block: Callable[[str], Any] = unicode_block
         self.table = _NormalizedChars(NGram.normalize)
         self.script_table = _ScriptClasses(unicode_block)
-        self._masks: dict[str, int] = {}
-        self.word_cache: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {}
+        self._masks: dict[int, int] = {}
+        # Per normalised word, its n-gram ids as int32 bytes: without and with the n-grams a following space closes.
+        self.word_tables: tuple[dict[str, bytes], dict[str, bytes]] = ({"": b""}, {"": b""})
+        self.draws = _Draws(np)
+        # detect_many reads draws off the stream and relies on NumPy's reduction order; otherwise text by text.
+        self.vectorized = self.draws.valid and _numerics_match()
 
-    def nonzero_mask(self, gram: str) -> int:
-        """Bit j set when language j gives ``gram`` a non-zero probability (memoised per n-gram)."""
+    def fill(self, grams: Iterable[int]) -> None:
+        """Make sure ``matrix`` holds the rows of ``grams`` (idempotent, so concurrent calls are harmless)."""
+        filled, matrix, rows = self._filled, self.matrix, self.rows
+        for g in grams:
+            if not filled[g]:
+                matrix[g] = rows[g]
+                filled[g] = 1  # set after the row is written: a reader that sees 1 sees the row
+
+    def nonzero_mask(self, gram: int) -> int:
+        """Bit j set when language j gives n-gram ``gram`` a non-zero probability (memoised per n-gram)."""
         mask = self._masks.get(gram)
         if mask is None:
-            mask = sum(1 << j for j, q in enumerate(self.probs[gram]) if q)
+            mask = sum(1 << j for j, q in enumerate(self.rows[gram]) if q)
             self._masks[gram] = mask
         return mask
 
@@ -146,9 +248,14 @@ def supported_languages() -> list[str]:
 
 
 def _prepare(model: _Model, text: str) -> str:
-    text = model.url_re.sub(" ", text)
-    text = model.mail_re.sub(" ", text)
-    text = model.normalize_vi(text)
+    # The three substitutions only change text that contains "http", "@" or a combining mark (non-ASCII);
+    # skipping them otherwise saves most of the preparation time (the e-mail pattern is slow to scan).
+    if "http" in text:
+        text = model.url_re.sub(" ", text)
+    if "@" in text:
+        text = model.mail_re.sub(" ", text)
+    if not text.isascii():
+        text = model.normalize_vi(text)
     text = _SPACES.sub(" ", text[:_MAX_TEXT_LENGTH])
     if not text.isascii():
         # langdetect's script census: "A".."z" (ASCII 65-122) counts as Latin; from U+0300 on, anything outside
@@ -159,51 +266,60 @@ def _prepare(model: _Model, text: str) -> str:
     return text
 
 
-def _word_ngrams(probs: dict[str, list[float]], word: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
-    """Profile n-grams of one normalised word: those inside it, and those its following space closes."""
-    inside: list[str] = []
+def _word_ngrams(model: _Model, word: str) -> tuple[bytes, bytes]:
+    """Profile n-grams of one normalised word as native int32 ids: (inside it, inside it and closed by a space).
+
+    ``w_0 = " "``; position ``i`` yields ``w_i``, ``w_{i-1}w_i`` and ``w_{i-2}w_{i-1}w_i`` unless ``w_{i-1}`` and
+    ``w_i`` are both upper-case, and a following space adds the last one or two characters plus that space.
+    """
+    ids = model.gram_id
+    inside: list[int] = []
     padded = " " + word
     upper_before = False
     for i in range(1, len(padded)):
         ch = padded[i]
         upper = ch.isupper()
         if not (upper and upper_before):  # inside an all-caps run langdetect emits nothing
-            if ch in probs:
-                inside.append(ch)
-            gram = padded[i - 1 : i + 1]
-            if gram in probs:
-                inside.append(gram)
+            g = ids.get(ch)
+            if g is not None:
+                inside.append(g)
+            g = ids.get(padded[i - 1 : i + 1])
+            if g is not None:
+                inside.append(g)
             if i >= 2:
-                gram = padded[i - 2 : i + 1]
-                if gram in probs:
-                    inside.append(gram)
+                g = ids.get(padded[i - 2 : i + 1])
+                if g is not None:
+                    inside.append(g)
         upper_before = upper
     tail = padded[-2:] + " "
-    closing = tuple(gram for gram in (tail[1:], tail) if gram in probs)
-    return tuple(inside), closing
+    closing = [ids[gram] for gram in (tail[1:], tail) if gram in ids]
+    model.fill(inside)
+    model.fill(closing)
+    return array("i", inside).tobytes(), array("i", inside + closing).tobytes()
 
 
-def _ngrams(model: _Model, text: str) -> list[str]:
-    out: list[str] = []
+def _ngram_bytes(model: _Model, text: str) -> bytes:
+    """The profile n-grams langdetect extracts from prepared ``text``, in order, as native int32 ids."""
     words = text.translate(model.table).split(" ")
-    cache = model.word_cache
-    last = len(words) - 1
-    for index, word in enumerate(words):
-        if not word:
-            continue
-        grams = cache.get(word)
-        if grams is None:
-            grams = _word_ngrams(model.probs, word)
-            if len(cache) >= _WORD_CACHE_SIZE:
-                cache.clear()  # a crude bound; the cache only saves recomputing a pure function
-            cache[word] = grams
-        out.extend(grams[0])
-        if index < last:
-            out.extend(grams[1])
-    return out
+    inside, closed = model.word_tables
+    if len(closed) >= _WORD_CACHE_SIZE:
+        # A crude bound; the tables only save recomputing a pure function of the word. Fresh dicts rather than
+        # clear(): another thread may be reading the old ones.
+        inside, closed = model.word_tables = {"": b""}, {"": b""}
+    for word in words:
+        if word not in closed:
+            inside[word], closed[word] = _word_ngrams(model, word)
+    # Every word but the last is followed by a space (empty words between spaces yield nothing).
+    return b"".join([closed[word] for word in words[:-1]] + [inside[words[-1]]])
 
 
-def _trials(model: _Model, ngrams: list[str]) -> Iterator[list[float]]:
+def _ngrams(model: _Model, text: str) -> list[int]:
+    grams = array("i")
+    grams.frombytes(_ngram_bytes(model, text))
+    return grams.tolist()
+
+
+def _trials(model: _Model, ngrams: list[int]) -> Iterator[list[float]]:
     """Each trial's final language probabilities, in profile order (langdetect's ``_detect_block``), exactly.
 
     Two exact shortcuts keep this fast: languages that give every n-gram of this text probability 0 share one
@@ -211,7 +327,7 @@ def _trials(model: _Model, ngrams: list[str]) -> Iterator[list[float]]:
     updates between two convergence checks are applied in one pass per language, multiplying left to right
     as langdetect's five separate passes do. Sums run over all languages in profile order, as langdetect's.
     """
-    probs = model.probs
+    rows = model.rows
     n_langs = len(model.langs)
     mask = 0
     for gram in set(ngrams):
@@ -225,7 +341,7 @@ def _trials(model: _Model, ngrams: list[str]) -> Iterator[list[float]]:
         take: Callable[[list[float]], Any] = itemgetter(*active)
     else:
         take = (lambda row: (row[active[0]],)) if active else (lambda row: ())
-    reduced: dict[str, Any] = {}  # only the n-grams actually drawn are reduced to the active languages
+    reduced: dict[int, Any] = {}  # only the n-grams actually drawn are reduced to the active languages
 
     rng = random.Random(_SEED)
     draw = rng.choice
@@ -234,7 +350,7 @@ def _trials(model: _Model, ngrams: list[str]) -> Iterator[list[float]]:
         gram = draw(ngrams)
         row = reduced.get(gram)
         if row is None:
-            row = reduced[gram] = take(probs[gram])
+            row = reduced[gram] = take(rows[gram])
         return row
 
     for _ in range(_TRIALS):
@@ -305,53 +421,6 @@ def detect(text: str) -> str:
     raise AssertionError("unreachable: the last trial always decides")
 
 
-@dataclass
-class _TrialState:
-    """Where one text's detection stands.
-
-    The current trial's probabilities and weight, langdetect's iteration counter, whether the next update is
-    the trial's first, the running mean over trials, and the number of completed trials.
-    """
-
-    prob: list[float]
-    weight: float
-    step: int
-    first: bool
-    mean: list[float]
-    done: int
-
-
-def _finish(model: _Model, ngrams: list[str], rng: random.Random, state: _TrialState) -> str:
-    """Continue a detection from ``state`` text by text, with the same operations as the lockstep path."""
-    probs, langs = model.probs, model.langs
-    n_langs = len(langs)
-    choice = rng.choice
-    prob, w, i, first, mean, done = state.prob, state.weight, state.step, state.first, state.mean, state.done
-    while True:
-        if first:
-            a = probs[choice(ngrams)]
-            prob = [p * (w + qa) for p, qa in zip(prob, a, strict=True)]
-            i, first = 0, False
-        else:
-            a, b, c, d, e = (probs[choice(ngrams)] for _ in range(5))
-            prob = [
-                p * (w + qa) * (w + qb) * (w + qc) * (w + qd) * (w + qe)
-                for p, qa, qb, qc, qd, qe in zip(prob, a, b, c, d, e, strict=True)
-            ]
-            i += 5
-        total = sum(prob)
-        prob = [p / total for p in prob]
-        if max(prob) > _CONV_THRESHOLD or i >= _ITERATION_LIMIT:
-            done += 1
-            mean = [m + p / _TRIALS for m, p in zip(mean, prob, strict=True)]
-            found = _decision(langs, mean, done)
-            if found is not None:
-                return found
-            prob = [1.0 / n_langs] * n_langs
-            w = (_ALPHA + rng.gauss(0.0, 1.0) * _ALPHA_WIDTH) / _BASE_FREQ
-            first = True
-
-
 def _detect_or_none(text: str) -> str | None:
     try:
         return detect(text)
@@ -359,111 +428,245 @@ def _detect_or_none(text: str) -> str | None:
         return None
 
 
-def detect_many(texts: Sequence[str]) -> list[str | None]:
-    """:func:`detect` for several texts at once (``None`` where undetectable), with identical results.
+@dataclass
+class _Job:
+    """One text's detection in :func:`detect_many`.
 
-    The texts' trials run in lockstep on a (texts x languages) array: each step draws every running text's
-    next n-grams from its own ``random.Random(0)`` (one at a trial's start, five otherwise, padded with
-    factors of exactly 1.0), multiplies by ``weight + P(ngram | language)`` in langdetect's order,
-    normalises each row with Python's ``sum`` (as langdetect) and checks convergence. A text that converges
-    ends its trial, possibly decides (:func:`_decision`), and otherwise starts the next trial while the
-    others go on. Elementwise float64 products and quotients are the same IEEE operations as langdetect's
-    scalar ones, so the verdicts are bit-for-bit the same; the batch only amortises the interpreter overhead.
+    ``where`` holds the stream positions of the draws ``_randbelow(n)`` accepts and ``rows`` the profile rows
+    they pick; ``cursor`` is the next of them. ``gauss_next`` is the normal value the last fresh ``gauss()``
+    call kept for the next trial; ``done`` counts completed trials.
+    """
+
+    text: int
+    where: Any
+    rows: Any
+    cursor: int = 0
+    done: int = 0
+    gauss_next: float = 0.0
+
+    def next_weight(self, draws: _Draws) -> float:
+        """The next trial's weight ``alpha / 10000``, consuming the stream as ``gauss()`` does."""
+        if self.done % 2 == 0:  # a fresh gauss() call: two random() calls, right after the last pick
+            at = int(self.where[self.cursor - 1]) + 1 if self.cursor else 0
+            z, self.gauss_next = draws.gauss_pair(at)
+            self.cursor = int(self.where.searchsorted(at + 4))
+        else:
+            z = self.gauss_next
+        return (_ALPHA + z * _ALPHA_WIDTH) / _BASE_FREQ
+
+
+def _row_sums(prob: Any) -> Any:
+    """Each row's sum as langdetect's builtin ``sum`` takes it, for ``prob`` in column-major (Fortran) order.
+
+    Before Python 3.12 ``sum()`` adds left to right. NumPy reduces a non-contiguous axis by adding one column
+    after another into the output, which is that order (``_numerics_match`` checks it when the model loads;
+    along a contiguous axis NumPy would sum pairwise). From 3.12 ``sum()`` compensates rounding, so we call it.
     """
     import numpy as np
 
-    if random.Random._randbelow is not getattr(random.Random, "_randbelow_with_getrandbits", None):  # type: ignore[attr-defined]
-        # Another interpreter's random module: the inlined draw below may not match; go text by text.
-        return [_detect_or_none(text) for text in texts]
+    if _SEQUENTIAL_SUM:
+        return prob.sum(axis=1)
+    return np.array([sum(r) for r in prob.tolist()])
+
+
+def _vector_sum(prob: Any) -> float:
+    """``sum(prob)`` as langdetect's builtin ``sum`` takes it, for one vector (``cumsum`` adds left to right)."""
+    return float(prob.cumsum()[-1]) if _SEQUENTIAL_SUM else sum(prob.tolist())
+
+
+def _numerics_match() -> bool:
+    """Whether NumPy's reductions used by :func:`detect_many` run in langdetect's order on this installation.
+
+    ``multiply.reduce`` over the leading axis must multiply one slice after another (as langdetect's five
+    separate update passes do) and :func:`_row_sums` must add left to right. Checked once on values spread over
+    many orders of magnitude, where any other order differs in the last bits.
+    """
+    import numpy as np
+
+    rng = random.Random(1)
+    values = np.array([rng.random() * 10.0 ** rng.randint(-30, 0) for _ in range(6 * 3 * 55)]).reshape(6, 3, 55)
+    chained = values[0] * values[1] * values[2] * values[3] * values[4] * values[5]
+    product = np.empty((3, 55), order="F")
+    np.multiply.reduce(values, axis=0, out=product)
+    if not (product == chained).all():
+        return False
+    sequential = []
+    for row in product.tolist():
+        total = 0.0
+        for p in row:
+            total += p
+        sequential.append(total)
+    return not _SEQUENTIAL_SUM or _row_sums(product).tolist() == sequential
+
+
+def _decide_rows(langs: list[str], means: Any, done: Any) -> list[str | None]:
+    """:func:`_decision` for several texts' running means at once (rows of ``means``, ``done`` trials each)."""
+    import numpy as np
+
+    top2 = np.partition(means, -2, axis=1)[:, -2:]
+    lead, second = top2[:, 1], top2[:, 0]
+    best = means.argmax(axis=1)  # the first of equal maxima, as _decision and langdetect's stable sort
+    early = (lead > _PROB_THRESHOLD) & (lead - second > (_TRIALS - done) / _TRIALS + 1e-9)
+    out: list[str | None] = []
+    for b, p, d, e in zip(best.tolist(), lead.tolist(), done.tolist(), early.tolist(), strict=True):
+        if d >= _TRIALS:
+            out.append(langs[b] if p > _PROB_THRESHOLD else "unknown")
+        else:
+            out.append(langs[b] if e else None)
+    return out
+
+
+def _run_alone(model: _Model, job: _Job, means: Any, prob: Any, weight: float, first: bool, step: int) -> str:
+    """Finish one text's detection by itself, from the state :func:`detect_many` left it in.
+
+    ``prob`` is normalised; ``first`` says whether the trial's first update is still to come, ``step`` how many
+    blocks of five the trial has done (langdetect's counter is ``5 * step``). The same operations as a lockstep
+    step, on one row: the next picks are gathered and offset by the weight a chunk at a time, and each block is
+    one ``multiply.reduce`` over the stacked ``[prob, f_1, ..., f_5]``, where the previous block's quotient
+    ``prob / sum(prob)`` is written straight into the stack's first row.
+    """
+    import numpy as np
+
+    matrix, langs, draws = model.matrix, model.langs, model.draws
+    reduce, divide = np.multiply.reduce, np.divide
+    n_langs = len(langs)
+    chunk = 4
+    while True:
+        if first:
+            prob = prob * (matrix[job.rows[job.cursor]] + weight)
+            job.cursor += 1
+            step = 0
+            total = _vector_sum(prob)
+            running = not prob.max() / total > _CONV_THRESHOLD
+        else:
+            total = 1.0  # already normalised; dividing by 1.0 is exact
+            running = True
+        while running:
+            rows = job.rows[job.cursor : job.cursor + 5 * chunk]
+            stack = np.empty((len(rows) + 1, n_langs))
+            matrix.take(rows, axis=0, out=stack[1:])
+            stack[1:] += weight  # weight + P(ngram | language), one rounding, as langdetect
+            for b in range(0, len(rows) - 4, 5):
+                divide(prob, total, out=stack[b])
+                prob = reduce(stack[b : b + 6], axis=0)
+                total = _vector_sum(prob)
+                job.cursor += 5
+                step += 1
+                if prob.max() / total > _CONV_THRESHOLD or step >= _LIMIT_BLOCKS:
+                    running = False
+                    break
+            chunk = min(chunk * 2, 64)  # a trial that has not converged yet tends to run long
+        prob = prob / total
+        job.done += 1
+        means += prob / _TRIALS
+        found = _decide_rows(langs, means[None], np.array([job.done]))[0]
+        if found is not None:
+            return found
+        weight = job.next_weight(draws)
+        prob = np.full(n_langs, 1.0 / n_langs)
+        first = True
+
+
+def detect_many(texts: Sequence[str]) -> list[str | None]:
+    """:func:`detect` for several texts at once (``None`` where undetectable), with identical results.
+
+    The texts' trials run in lockstep on (texts x languages) arrays. Each text's draws are read off the seeded
+    stream (:class:`_Draws`): its picks are the stream outputs ``_randbelow(n)`` accepts, mapped to profile
+    rows, so a step gathers every running text's next five n-grams with two ``take`` calls. A step multiplies
+    by ``weight + P(ngram | language)`` in langdetect's order (one ``multiply.reduce`` over the stacked
+    ``[prob, f_1, ..., f_5]``; a trial's first update is a single pick, padded with factors of exactly 1.0),
+    normalises each row by its left-to-right sum (:func:`_row_sums`) and checks convergence. Texts that
+    converge end their trial, possibly decide (:func:`_decide_rows`), and otherwise start the next trial (the
+    ``gauss`` weight read off the stream) while the others go on. The last text still running finishes alone
+    (:func:`_run_alone`), without the lockstep's bookkeeping. Elementwise float64 products and quotients are
+    the same IEEE operations as langdetect's scalar ones, so the verdicts are bit-for-bit the same; the batch
+    only removes the interpreter's per-pick and per-language overhead.
+    """
+    import numpy as np
+
     model = _get_model()
-    langs, probs = model.langs, model.probs
+    draws = model.draws
+    if not model.vectorized:
+        return [_detect_or_none(text) for text in texts]
+    langs, matrix = model.langs, model.matrix
     n_langs = len(langs)
     results: list[str | None] = [None] * len(texts)
-    jobs: list[tuple[int, list[str]]] = []
-    for index, text in enumerate(texts):
-        ngrams = _ngrams(model, _prepare(model, text))
-        if ngrams:
-            jobs.append((index, ngrams))
+    jobs: list[_Job] = []
+    for i, text in enumerate(texts):
+        grams = np.frombuffer(_ngram_bytes(model, _prepare(model, text)), dtype=np.intc)
+        if not len(grams):
+            continue
+        if len(grams) >= 1 << 16:  # cannot happen for text cut to 10,000 characters; kept exact regardless
+            results[i] = _detect_or_none(text)
+            continue
+        where, values = draws.accepted(len(grams))
+        jobs.append(_Job(i, where, grams[values]))
     if not jobs:
         return results
 
-    row_of: dict[str, int] = {}
-    table = np.empty((256, n_langs))
-
-    def add_row(gram: str) -> int:
-        nonlocal table
-        k = row_of[gram] = len(row_of)
-        if k == len(table):
-            table = np.concatenate([table, np.empty_like(table)])
-        table[k] = probs[gram]
-        return k
-
-    count = len(jobs)
-    rngs = [random.Random(_SEED) for _ in jobs]
-    # rng.choice(seq) is seq[rng._randbelow(len(seq))], and _randbelow(n) draws getrandbits(n.bit_length())
-    # until the value is below n; it is inlined below (same calls, same order) to save two frames per pick.
-    sizes = [len(ngrams) for _, ngrams in jobs]
-    bits = [n.bit_length() for n in sizes]
-    # Per running text (row a of prob/weights; running[a] is its job): compacted when texts finish.
-    running = list(range(count))
-    weights = np.array([(_ALPHA + rng.gauss(0.0, 1.0) * _ALPHA_WIDTH) / _BASE_FREQ for rng in rngs])
-    prob = np.full((count, n_langs), 1.0 / n_langs)
-    mean = [[0.0] * n_langs for _ in jobs]
-    first = [True] * count  # the next step is the first update of a trial (one pick, then a check)
-    done = [0] * count  # completed trials
-    step_i = [0] * count  # langdetect's iteration counter within the trial
-    while running:
-        if len(running) <= _LOCKSTEP_MIN:
-            # A few slow texts left: a numpy step costs more than their pure-Python blocks; finish them alone.
-            for a, t in enumerate(running):
-                state = _TrialState(prob[a].tolist(), float(weights[a]), step_i[t], first[t], mean[t], done[t])
-                results[jobs[t][0]] = _finish(model, jobs[t][1], rngs[t], state)
-            break
-        picks = []
-        any_first = False
-        for t in running:
-            ngrams, getrandbits, n, k = jobs[t][1], rngs[t].getrandbits, sizes[t], bits[t]
-            picked = []
-            for _ in range(1 if first[t] else 5):
-                r = getrandbits(k)
-                while r >= n:
-                    r = getrandbits(k)
-                gram = ngrams[r]
-                j = row_of.get(gram)
-                picked.append(add_row(gram) if j is None else j)
-            if len(picked) < 5:
-                any_first = True
-                picked += [-1, -1, -1, -1]
-            picks.append(picked)
-        picked_rows = np.array(picks)
-        factors = table[picked_rows]
-        factors += weights[:, None, None]  # weight + P(ngram | language), one rounding, as langdetect
-        if any_first:
-            factors[picked_rows < 0] = 1.0  # padding: multiplying by 1.0 is exact
-        prob = prob * factors[:, 0] * factors[:, 1] * factors[:, 2] * factors[:, 3] * factors[:, 4]
-        # Row sums as langdetect's builtin sum(): cumsum adds left to right, which is what sum() does before
-        # Python 3.12; from 3.12 sum() compensates rounding, so call it.
-        totals = np.cumsum(prob, axis=1)[:, -1] if _SEQUENTIAL_SUM else np.array([sum(r) for r in prob.tolist()])
-        prob /= totals[:, None]
-        top = prob.max(axis=1).tolist()
-        keep = []
-        for a, t in enumerate(running):
-            step_i[t] = 0 if first[t] else step_i[t] + 5
-            first[t] = False
-            if top[a] <= _CONV_THRESHOLD and step_i[t] < _ITERATION_LIMIT:
-                keep.append(a)
-                continue
-            done[t] += 1
-            mean[t] = [m + q / _TRIALS for m, q in zip(mean[t], prob[a].tolist(), strict=True)]
-            found = _decision(langs, mean[t], done[t])
+    # Trial 1 of every text starts at the stream's start: the same gauss value, the same weight for all.
+    weight = np.array([[job.next_weight(draws)] for job in jobs])  # (texts, 1)
+    offsets = np.cumsum([0] + [len(job.rows) for job in jobs[:-1]])
+    flat = np.concatenate([job.rows for job in jobs])
+    means = np.zeros((len(jobs), n_langs))  # per job: the mean over its completed trials
+    done = np.zeros(len(jobs), dtype=np.intp)
+    # Per running text (compacted when texts finish): job number, positions in `flat` of its next five picks,
+    # weight, the step at which its trial reaches langdetect's iteration limit, and the stack whose first row
+    # holds the normalised probabilities and the others the next five factors.
+    five = np.arange(5)[:, None]
+    running = np.arange(len(jobs))
+    picks = five + (offsets + np.array([job.cursor for job in jobs]))
+    limit = np.full(len(jobs), _LIMIT_BLOCKS)
+    stack = np.empty((6, len(jobs), n_langs))
+    stack[0] = 1.0 / n_langs
+    first: list[int] = list(range(len(jobs)))  # rows whose next update is their trial's first (one pick)
+    step = 0
+    while len(running) > 1:
+        matrix.take(flat.take(picks), axis=0, out=stack[1:])
+        stack[1:] += weight  # weight + P(ngram | language), one rounding, as langdetect
+        if first:
+            stack[2:, first] = 1.0  # multiplying by 1.0 is exact
+            picks[:, first] -= 4  # one pick consumed, not five
+            limit[first] = step + 1 + _LIMIT_BLOCKS  # langdetect's counter is 0 after this update
+            first = []
+        prob = np.empty((len(running), n_langs), order="F")  # column-major: see _row_sums
+        np.multiply.reduce(stack, axis=0, out=prob)
+        np.divide(prob, _row_sums(prob)[:, None], out=stack[0])
+        picks += 5
+        step += 1
+        ended = np.flatnonzero((stack[0].max(axis=1) > _CONV_THRESHOLD) | (limit <= step))
+        if not len(ended):
+            continue
+        which = running[ended]
+        means[which] += stack[0, ended] / _TRIALS  # langdetect's langprob[j] += prob[j] / n_trial
+        done[which] += 1
+        decided = _decide_rows(langs, means[which], done[which])
+        finished = []
+        for a, t, found in zip(ended.tolist(), which.tolist(), decided, strict=True):
+            job = jobs[t]
             if found is not None:
-                results[jobs[t][0]] = found
+                results[job.text] = found
+                finished.append(a)
                 continue
-            prob[a] = 1.0 / n_langs
-            weights[a] = (_ALPHA + rngs[t].gauss(0.0, 1.0) * _ALPHA_WIDTH) / _BASE_FREQ
-            first[t] = True
-            keep.append(a)
-        if len(keep) < len(running):
-            prob, weights = prob[keep], weights[keep]
-            running = [running[a] for a in keep]
+            job.cursor, job.done = int(picks[0, a] - offsets[t]), int(done[t])
+            weight[a] = job.next_weight(draws)
+            picks[:, a] = five[:, 0] + (offsets[t] + job.cursor)
+            stack[0, a] = 1.0 / n_langs
+            first.append(a)
+        if finished:
+            keep = np.ones(len(running), dtype=bool)
+            keep[finished] = False
+            running, picks, weight, limit = running[keep], picks[:, keep], weight[keep], limit[keep]
+            stack = stack[:, keep]
+            kept = np.cumsum(keep) - 1
+            first = kept[first].tolist()
+    if len(running):
+        t = int(running[0])
+        job = jobs[t]
+        job.cursor, job.done = int(picks[0, 0] - offsets[t]), int(done[t])
+        # Unless its next update starts a trial, the text has done step - limit + _LIMIT_BLOCKS blocks of five
+        # since its trial's first update.
+        fresh = bool(first)
+        blocks = 0 if fresh else int(step - limit[0] + _LIMIT_BLOCKS)
+        results[job.text] = _run_alone(model, job, means[t], stack[0, 0].copy(), float(weight[0, 0]), fresh, blocks)
     return results
