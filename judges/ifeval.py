@@ -29,7 +29,6 @@ closures and the language cache lives for one call, so one instance can be share
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
@@ -108,6 +107,14 @@ def _loose_variants(response: str) -> list[str]:
     return [v for v in dict.fromkeys(variants) if v.strip()]
 
 
+class _Pending(Exception):
+    """A check asked for the language of a text that has not been detected yet."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__()
+        self.text = text
+
+
 class _LanguageCache:
     """Language of each text, computed at most once per judge call (langdetect is the slow part)."""
 
@@ -117,10 +124,17 @@ class _LanguageCache:
     def prefetch(self, texts: Sequence[str]) -> None:
         """Detect several texts in one batch (:func:`~cgpo_judges._ifeval_langdetect.detect_many`)."""
         todo = [t for t in dict.fromkeys(texts) if t not in self._seen]
-        if len(todo) > 1:
+        if todo:
             from cgpo_judges._ifeval_langdetect import detect_many
 
             self._seen.update(zip(todo, detect_many(todo), strict=True))
+
+    def known(self, text: str) -> str | None:
+        """The language of an already detected text; raises :class:`_Pending` for any other text."""
+        try:
+            return self._seen[text]
+        except KeyError:
+            raise _Pending(text) from None
 
     def __call__(self, text: str) -> str | None:
         if text not in self._seen:
@@ -133,30 +147,50 @@ class _LanguageCache:
         return self._seen[text]
 
 
-# Language-dependent instructions and the case test each applies before detecting (short-circuit order).
-_DETECTS_WHEN: dict[str, Callable[[str], bool]] = {
-    "language:response_language": lambda text: True,
-    "change_case:english_capital": str.isupper,
-    "change_case:english_lowercase": str.islower,
-}
+class _Progress:
+    """One sample's instruction results while a judge call collects the languages its checks need.
 
-
-def _texts_to_detect(response: str, ids: Sequence[str], mode: Mode) -> list[str]:
-    """Texts whose language the checks will certainly ask for.
-
-    Per language instruction, the first variant that passes its case test: in strict mode the response; in
-    loose mode variants are tried in order until one passes, so only the first candidate is certain.
+    An instruction is followed when its check passes on some variant (the response in strict mode, IFEval's
+    loose variants in loose mode), tried in order. A check that needs an undetected language stops at that
+    variant; the call detects all such texts of the batch at once and resumes, so the checks see exactly the
+    languages, and run on exactly the variants, that one-by-one evaluation would give them.
     """
-    if not _DETECTS_WHEN.keys() & set(ids):
-        return []
-    variants = ([response] if response.strip() else []) if mode == "strict" else _loose_variants(response)
-    out = []
-    for instruction_id in ids:
-        when = _DETECTS_WHEN.get(instruction_id)
-        first = None if when is None else next((v for v in variants if when(v)), None)
-        if first is not None:
-            out.append(first)
-    return out
+
+    def __init__(self, ids: list[str], checks: list[Check], variants: list[str]) -> None:
+        self.ids = ids
+        self.checks = checks
+        self.variants = variants
+        self.results: list[bool | None] = [None] * len(checks)
+        self._next = [0] * len(checks)  # per check: the variant to try next
+
+    def advance(self, language: Callable[[str], str | None], need: list[str]) -> bool:
+        """Run every unresolved check as far as the known languages allow; True once all are resolved.
+
+        Texts whose language a check is waiting for are appended to ``need``. A checker's own exception
+        propagates (the caller turns it into -1 for this sample).
+        """
+        variants = self.variants
+        for k, check in enumerate(self.checks):
+            if self.results[k] is not None:
+                continue
+            j = self._next[k]
+            try:
+                while j < len(variants) and not check(variants[j], language):
+                    j += 1
+            except _Pending as pending:
+                need.append(pending.text)
+                self._next[k] = j
+                continue
+            self.results[k] = j < len(variants)
+        return all(r is not None for r in self.results)
+
+    def verdict(self, mode: Mode) -> Verdict:
+        follows = [bool(r) for r in self.results]
+        detail = " ".join(f"{i}={int(f)}" for i, f in zip(self.ids, follows, strict=True))
+        failed_ids = [i for i, f in zip(self.ids, follows, strict=True) if not f]
+        if failed_ids:
+            return violated(f"{mode}: not followed: {', '.join(failed_ids)} [{detail}]")
+        return satisfied(f"{mode}: all {len(self.ids)} followed [{detail}]")
 
 
 def _follow_list(response: str, checks: Sequence[Check], mode: Mode, language: _LanguageCache) -> list[bool]:
@@ -207,22 +241,47 @@ class IFEvalJudge(Judge):
     ) -> list[Verdict]:
         mode: Mode = self.params.mode
         language = _LanguageCache()
-        prepared = [self._prepare(c, m) for c, m in zip(completions, metadata, strict=True)]
-        # Detect the languages the checks will need for the whole batch at once (much cheaper than one by one);
-        # should that fail, each check detects its own text and a failure there is -1 for its sample only.
-        with contextlib.suppress(Exception):
-            language.prefetch(
-                [
-                    text
-                    for c, prep in zip(completions, prepared, strict=True)
-                    if not isinstance(prep, Verdict)
-                    for text in _texts_to_detect(c, prep[0], mode)
-                ]
-            )
-        return [
-            prep if isinstance(prep, Verdict) else self._judge_one(c, *prep, language)
-            for c, prep in zip(completions, prepared, strict=True)
-        ]
+        verdicts: list[Verdict | None] = []
+        progress: dict[int, _Progress] = {}
+        for index, (completion, meta) in enumerate(zip(completions, metadata, strict=True)):
+            prep = self._prepare(completion, meta)
+            if isinstance(prep, Verdict):
+                verdicts.append(prep)
+            elif mode == "strict" and not completion.strip():
+                verdicts.append(violated(f"empty response; {len(prep[0])} instruction(s) not followed"))
+            else:
+                verdicts.append(None)
+                variants = [completion] if mode == "strict" else _loose_variants(completion)
+                progress[index] = _Progress(*prep, variants)
+        # Rounds: run every check as far as the detected languages allow, then detect all the texts the checks
+        # are waiting for in one batch (much cheaper than one by one). Loose mode may need several rounds, when
+        # a language check fails on one variant and moves on to the next.
+        pending = list(progress)
+        while pending:
+            need: list[str] = []
+            waiting = []
+            for index in pending:
+                try:
+                    if progress[index].advance(language.known, need):
+                        verdicts[index] = progress[index].verdict(mode)
+                    else:
+                        waiting.append(index)
+                except Exception as exc:  # noqa: BLE001 - e.g. RecursionError in json.loads on deep nesting
+                    verdicts[index] = _checker_failed(exc)
+            pending = waiting
+            if not pending:
+                break
+            try:
+                language.prefetch(need)
+            except Exception:  # noqa: BLE001 - detect one text at a time; a failure is -1 for its sample only
+                for index in pending:
+                    try:
+                        progress[index].advance(language, [])
+                        verdicts[index] = progress[index].verdict(mode)
+                    except Exception as exc:  # noqa: BLE001
+                        verdicts[index] = _checker_failed(exc)
+                break
+        return [v for v in verdicts if v is not None]
 
     def _prepare(self, completion: Any, meta: Mapping[str, Any]) -> Verdict | tuple[list[str], list[Check]]:
         """The sample's instruction ids and checkers, or a -1 verdict when they are unusable."""
@@ -237,16 +296,7 @@ class IFEvalJudge(Judge):
         except (KwargError, ValueError) as exc:
             return failed(f"unusable IFEval metadata: {exc}"[:500])
 
-    def _judge_one(self, completion: str, ids: list[str], checks: list[Check], language: _LanguageCache) -> Verdict:
-        mode: Mode = self.params.mode
-        if mode == "strict" and not completion.strip():
-            return violated(f"empty response; {len(ids)} instruction(s) not followed")
-        try:
-            follows = _follow_list(completion, checks, mode, language)
-        except Exception as exc:  # noqa: BLE001 - e.g. RecursionError in json.loads on deep nesting: -1, never 0
-            return failed(f"checker raised {type(exc).__name__}: {exc}"[:500])
-        detail = " ".join(f"{i}={int(f)}" for i, f in zip(ids, follows, strict=True))
-        failed_ids = [i for i, f in zip(ids, follows, strict=True) if not f]
-        if failed_ids:
-            return violated(f"{mode}: not followed: {', '.join(failed_ids)} [{detail}]")
-        return satisfied(f"{mode}: all {len(ids)} followed [{detail}]")
+
+def _checker_failed(exc: Exception) -> Verdict:
+    """-1, never 0: a checker's own failure (e.g. RecursionError in json.loads on deep nesting)."""
+    return failed(f"checker raised {type(exc).__name__}: {exc}"[:500])
