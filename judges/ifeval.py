@@ -162,6 +162,7 @@ class _Progress:
         self.variants = variants
         self.results: list[bool | None] = [None] * len(checks)
         self._next = [0] * len(checks)  # per check: the variant to try next
+        self._waited = [False] * len(checks)  # per check: whether it has waited for a language before
 
     def advance(self, language: Callable[[str], str | None], need: list[str]) -> bool:
         """Run every unresolved check as far as the known languages allow; True once all are resolved.
@@ -179,10 +180,26 @@ class _Progress:
                     j += 1
             except _Pending as pending:
                 need.append(pending.text)
+                if self._waited[k]:
+                    # Waiting again: the check failed on a variant it had to wait for. Ask now for every text
+                    # it would wait for on the later variants too, so that the rest takes one more round
+                    # rather than one per variant (a text detected in vain costs less than a round).
+                    need.extend(self._later_texts(check, j + 1, language))
+                self._waited[k] = True
                 self._next[k] = j
                 continue
             self.results[k] = j < len(variants)
         return all(r is not None for r in self.results)
+
+    def _later_texts(self, check: Check, start: int, language: Callable[[str], str | None]) -> list[str]:
+        """Texts ``check`` would wait for on variants ``start``, ``start + 1``, ..., if each earlier one failed."""
+        texts = []
+        for variant in self.variants[start:]:
+            try:
+                check(variant, language)
+            except _Pending as pending:
+                texts.append(pending.text)
+        return texts
 
     def verdict(self, mode: Mode) -> Verdict:
         follows = [bool(r) for r in self.results]
