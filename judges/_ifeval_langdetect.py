@@ -58,6 +58,7 @@ _WORD_CACHE_SIZE = 200_000
 _TWOPI = 2.0 * math.pi  # random.TWOPI
 # langdetect stops a trial at i >= 1000, checked every fifth pick after the first: after 200 blocks of five.
 _LIMIT_BLOCKS = _ITERATION_LIMIT // 5
+_EARLIEST_DECISION = _TRIALS // 2 + 1  # see _decide_rows
 # langdetect normalises with builtin sum(); before Python 3.12 that adds floats left to right.
 _SEQUENTIAL_SUM = sys.version_info < (3, 12)
 
@@ -98,7 +99,7 @@ class _ScriptClasses(dict[int, str]):
         return value
 
 
-_DROP_ASCII_LATIN = dict.fromkeys(range(ord("A"), ord("z") + 1))
+_ASCII_LATIN = re.compile("[A-z]+")  # langdetect's "Latin": "A" <= ch <= "z" (ASCII 65-122)
 
 
 class _Draws:
@@ -256,13 +257,15 @@ def _prepare(model: _Model, text: str) -> str:
         text = model.mail_re.sub(" ", text)
     if not text.isascii():
         text = model.normalize_vi(text)
-    text = _SPACES.sub(" ", text[:_MAX_TEXT_LENGTH])
+    text = text[:_MAX_TEXT_LENGTH]
+    if "  " in text:
+        text = _SPACES.sub(" ", text)
     if not text.isascii():
         # langdetect's script census: "A".."z" (ASCII 65-122) counts as Latin; from U+0300 on, anything outside
         # Latin Extended Additional counts as non-Latin. Classified per character once, counted in C.
         census = text.translate(model.script_table)
         if census.count("L") * 2 < census.count("N"):
-            text = text.translate(_DROP_ASCII_LATIN)
+            text = _ASCII_LATIN.sub("", text)
     return text
 
 
@@ -306,11 +309,11 @@ def _ngram_bytes(model: _Model, text: str) -> bytes:
         # A crude bound; the tables only save recomputing a pure function of the word. Fresh dicts rather than
         # clear(): another thread may be reading the old ones.
         inside, closed = model.word_tables = {"": b""}, {"": b""}
-    for word in words:
-        if word not in closed:
-            inside[word], closed[word] = _word_ngrams(model, word)
+    for word in set(words).difference(closed):
+        inside[word], closed[word] = _word_ngrams(model, word)
     # Every word but the last is followed by a space (empty words between spaces yield nothing).
-    return b"".join([closed[word] for word in words[:-1]] + [inside[words[-1]]])
+    last = words.pop()
+    return b"".join(map(closed.__getitem__, words)) + inside[last]
 
 
 def _ngrams(model: _Model, text: str) -> list[int]:
@@ -500,19 +503,27 @@ def _numerics_match() -> bool:
 
 
 def _decide_rows(langs: list[str], means: Any, done: Any) -> list[str | None]:
-    """:func:`_decision` for several texts' running means at once (rows of ``means``, ``done`` trials each)."""
+    """:func:`_decision` for several texts' running means at once (rows of ``means``, ``done`` trials each).
+
+    After ``d`` trials no language's mean exceeds ``d / 7``, so the early rule (a lead over ``(7 - d) / 7``)
+    cannot hold before the fourth trial; those rows are not examined.
+    """
     import numpy as np
 
+    out: list[str | None] = [None] * len(done)
+    rows = np.flatnonzero(done >= _EARLIEST_DECISION)
+    if not len(rows):
+        return out
+    means, done = means[rows], done[rows]
     top2 = np.partition(means, -2, axis=1)[:, -2:]
     lead, second = top2[:, 1], top2[:, 0]
     best = means.argmax(axis=1)  # the first of equal maxima, as _decision and langdetect's stable sort
     early = (lead > _PROB_THRESHOLD) & (lead - second > (_TRIALS - done) / _TRIALS + 1e-9)
-    out: list[str | None] = []
-    for b, p, d, e in zip(best.tolist(), lead.tolist(), done.tolist(), early.tolist(), strict=True):
+    for r, b, p, d, e in zip(rows.tolist(), best.tolist(), lead.tolist(), done.tolist(), early.tolist(), strict=True):
         if d >= _TRIALS:
-            out.append(langs[b] if p > _PROB_THRESHOLD else "unknown")
-        else:
-            out.append(langs[b] if e else None)
+            out[r] = langs[b] if p > _PROB_THRESHOLD else "unknown"
+        elif e:
+            out[r] = langs[b]
     return out
 
 
@@ -528,7 +539,7 @@ def _run_alone(model: _Model, job: _Job, means: Any, prob: Any, weight: float, f
     import numpy as np
 
     matrix, langs, draws = model.matrix, model.langs, model.draws
-    reduce, divide = np.multiply.reduce, np.divide
+    reduce, divide, sequential = np.multiply.reduce, np.divide, _SEQUENTIAL_SUM
     n_langs = len(langs)
     chunk = 4
     while True:
@@ -549,12 +560,14 @@ def _run_alone(model: _Model, job: _Job, means: Any, prob: Any, weight: float, f
             for b in range(0, len(rows) - 4, 5):
                 divide(prob, total, out=stack[b])
                 prob = reduce(stack[b : b + 6], axis=0)
-                total = _vector_sum(prob)
-                job.cursor += 5
+                total = prob.cumsum()[-1] if sequential else sum(prob.tolist())  # as _vector_sum, inlined
                 step += 1
                 if prob.max() / total > _CONV_THRESHOLD or step >= _LIMIT_BLOCKS:
                     running = False
+                    job.cursor += b + 5
                     break
+            else:
+                job.cursor += len(rows) - len(rows) % 5
             chunk = min(chunk * 2, 64)  # a trial that has not converged yet tends to run long
         prob = prob / total
         job.done += 1
@@ -616,25 +629,29 @@ def detect_many(texts: Sequence[str]) -> list[str | None]:
     five = np.arange(5)[:, None]
     running = np.arange(len(jobs))
     picks = five + (offsets + np.array([job.cursor for job in jobs]))
-    limit = np.full(len(jobs), _LIMIT_BLOCKS)
+    limit = np.full(len(jobs), _LIMIT_BLOCKS + 1)  # the first update comes at step 0
     stack = np.empty((6, len(jobs), n_langs))
     stack[0] = 1.0 / n_langs
     first: list[int] = list(range(len(jobs)))  # rows whose next update is their trial's first (one pick)
     step = 0
+    offset_of = offsets.tolist()
+    next_limit = _LIMIT_BLOCKS + 1  # the earliest step at which some running trial reaches the limit
     while len(running) > 1:
         matrix.take(flat.take(picks), axis=0, out=stack[1:])
         stack[1:] += weight  # weight + P(ngram | language), one rounding, as langdetect
         if first:
             stack[2:, first] = 1.0  # multiplying by 1.0 is exact
             picks[:, first] -= 4  # one pick consumed, not five
-            limit[first] = step + 1 + _LIMIT_BLOCKS  # langdetect's counter is 0 after this update
             first = []
         prob = np.empty((len(running), n_langs), order="F")  # column-major: see _row_sums
         np.multiply.reduce(stack, axis=0, out=prob)
         np.divide(prob, _row_sums(prob)[:, None], out=stack[0])
         picks += 5
         step += 1
-        ended = np.flatnonzero((stack[0].max(axis=1) > _CONV_THRESHOLD) | (limit <= step))
+        ending = stack[0].max(axis=1) > _CONV_THRESHOLD
+        if step >= next_limit:
+            ending |= limit <= step
+        ended = ending.nonzero()[0]
         if not len(ended):
             continue
         which = running[ended]
@@ -642,24 +659,36 @@ def detect_many(texts: Sequence[str]) -> list[str | None]:
         done[which] += 1
         decided = _decide_rows(langs, means[which], done[which])
         finished = []
-        for a, t, found in zip(ended.tolist(), which.tolist(), decided, strict=True):
+        weights, cursors = [], []
+        for a, t, found, cursor, trials in zip(
+            ended.tolist(),
+            which.tolist(),
+            decided,
+            (picks[0, ended] - offsets[which]).tolist(),
+            done[which].tolist(),
+            strict=True,
+        ):
             job = jobs[t]
             if found is not None:
                 results[job.text] = found
                 finished.append(a)
                 continue
-            job.cursor, job.done = int(picks[0, a] - offsets[t]), int(done[t])
-            weight[a] = job.next_weight(draws)
-            picks[:, a] = five[:, 0] + (offsets[t] + job.cursor)
-            stack[0, a] = 1.0 / n_langs
+            job.cursor, job.done = cursor, trials
+            weights.append(job.next_weight(draws))
+            cursors.append(offset_of[t] + job.cursor)
             first.append(a)
+        if first:
+            weight[first, 0] = weights
+            picks[:, first] = five + np.array(cursors)
+            stack[0, first] = 1.0 / n_langs
+            limit[first] = step + 1 + _LIMIT_BLOCKS  # langdetect's counter is 0 after the coming first update
         if finished:
             keep = np.ones(len(running), dtype=bool)
             keep[finished] = False
             running, picks, weight, limit = running[keep], picks[:, keep], weight[keep], limit[keep]
             stack = stack[:, keep]
-            kept = np.cumsum(keep) - 1
-            first = kept[first].tolist()
+            first = (np.cumsum(keep) - 1)[first].tolist()
+        next_limit = int(limit.min()) if len(limit) else 0
     if len(running):
         t = int(running[0])
         job = jobs[t]
