@@ -167,6 +167,13 @@ def load_reward_model(path: str | Path, **settings: Any) -> RewardModel:
     return RewardModel(RewardModelSettings(path=str(path), **settings))
 
 
+def _messages(prompt: Prompt, completion: str) -> list[dict[str, str]]:
+    """The conversation the RM's chat template renders: the prompt (text or messages), then the completion."""
+    messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else [dict(m) for m in prompt]
+    messages.append({"role": "assistant", "content": completion})
+    return messages
+
+
 class RewardModel:
     """Scores (prompt, completion) pairs with a one-label sequence classifier: raw r(s, a), unbounded.
 
@@ -198,9 +205,7 @@ class RewardModel:
     def format(self, prompt: Prompt, completion: str) -> str:
         """The text the RM reads for one pair (before tokenization, truncation and EOS)."""
         if self.use_chat_template:
-            messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else [dict(m) for m in prompt]
-            messages.append({"role": "assistant", "content": completion})
-            return str(self.tokenizer.apply_chat_template(messages, tokenize=False))
+            return str(self.tokenizer.apply_chat_template(_messages(prompt, completion), tokenize=False))
         if not isinstance(prompt, str):
             raise RewardModelError(
                 f"a chat-formatted prompt needs a reward tokenizer with a chat template ('{self.path}' has none)"
@@ -209,10 +214,28 @@ class RewardModel:
 
     def encode(self, prompt: Prompt, completion: str) -> list[int]:
         """Token ids of one pair: formatted, EOS appended if configured, truncated keeping the end."""
-        text = self.format(prompt, completion)
+        return self.encode_batch([prompt], [completion])[0]
+
+    def encode_batch(self, prompts: Sequence[Prompt], completions: Sequence[str]) -> list[list[int]]:
+        """:meth:`encode` for N pairs, with one chat-template call and one tokenizer call for the whole batch.
+
+        Batching changes nothing in the result (the template renders each conversation alone, the tokenizer
+        encodes each text alone); it saves the per-call work of N separate calls.
+        """
+        if not prompts:
+            return []
+        if self.use_chat_template:
+            conversations = [_messages(p, c) for p, c in zip(prompts, completions, strict=True)]
+            texts = [str(t) for t in self.tokenizer.apply_chat_template(conversations, tokenize=False)]
+        else:
+            texts = [self.format(p, c) for p, c in zip(prompts, completions, strict=True)]
         # The chat template writes its own special tokens (BOS included); adding them again would
         # double the BOS, which the RM never saw in training.
-        ids: list[int] = self.tokenizer(text, add_special_tokens=not self.use_chat_template)["input_ids"]
+        encoded = self.tokenizer(texts, add_special_tokens=not self.use_chat_template)["input_ids"]
+        return [self._finish(list(ids)) for ids in encoded]
+
+    def _finish(self, ids: list[int]) -> list[int]:
+        """EOS appended if configured, truncation keeping the end; an empty result is an error."""
         eos = self.tokenizer.eos_token_id
         if self.settings.append_eos and eos is not None and (not ids or ids[-1] != eos):
             ids = [*ids, eos]
@@ -228,12 +251,15 @@ class RewardModel:
 
         width = max(len(ids) for ids in batch)
         pad = self.tokenizer.pad_token_id
-        input_ids = torch.full((len(batch), width), pad, dtype=torch.long)
-        mask = torch.zeros((len(batch), width), dtype=torch.long)
-        for i, ids in enumerate(batch):
-            span = slice(width - len(ids), width) if self.padding_side == "left" else slice(0, len(ids))
-            input_ids[i, span] = torch.tensor(ids, dtype=torch.long)
-            mask[i, span] = 1
+        left = self.padding_side == "left"
+        # Padded as Python lists, then one tensor each (one copy instead of one small tensor per row).
+        rows = [[pad] * (width - len(ids)) + ids if left else ids + [pad] * (width - len(ids)) for ids in batch]
+        masks = [
+            [0] * (width - len(ids)) + [1] * len(ids) if left else [1] * len(ids) + [0] * (width - len(ids))
+            for ids in batch
+        ]
+        input_ids = torch.tensor(rows, dtype=torch.long)
+        mask = torch.tensor(masks, dtype=torch.long)
         inputs = {"input_ids": input_ids, "attention_mask": mask}
         if self._accepts_position_ids:
             # Count positions from the first real token: with left padding the default arange would shift
@@ -256,7 +282,7 @@ class RewardModel:
 
         if len(prompts) != len(completions):
             raise ValueError(f"{len(prompts)} prompts and {len(completions)} completions; they must match")
-        encoded = [self.encode(p, c) for p, c in zip(prompts, completions, strict=True)]
+        encoded = self.encode_batch(prompts, completions)
         order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
         out = torch.empty(len(encoded), dtype=torch.float32)
         step = self.settings.batch_size

@@ -53,13 +53,10 @@ class Rollout:
 def left_pad(sequences: Sequence[Sequence[int]], pad_id: int, device: Any = None) -> tuple[torch.Tensor, torch.Tensor]:
     """``[n, L]`` left-padded ids and mask for token lists of different lengths."""
     length = max((len(s) for s in sequences), default=0)
-    ids = torch.full((len(sequences), length), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(sequences), length), dtype=torch.long)
-    for row, seq in enumerate(sequences):
-        if seq:
-            ids[row, length - len(seq) :] = torch.tensor(seq, dtype=torch.long)
-            mask[row, length - len(seq) :] = 1
-    return ids.to(device), mask.to(device)
+    # Padded as lists, then one tensor each: one copy instead of a small tensor per row.
+    ids = [[pad_id] * (length - len(s)) + list(s) for s in sequences]
+    mask = [[0] * (length - len(s)) + [1] * len(s) for s in sequences]
+    return _as_tensor(ids, len(sequences), length, device), _as_tensor(mask, len(sequences), length, device)
 
 
 def right_pad(
@@ -67,13 +64,14 @@ def right_pad(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``[n, L]`` right-padded ids and mask (L >= 1)."""
     length = max(1, max((len(s) for s in sequences), default=0))
-    ids = torch.full((len(sequences), length), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(sequences), length), dtype=torch.long)
-    for row, seq in enumerate(sequences):
-        if seq:
-            ids[row, : len(seq)] = torch.tensor(seq, dtype=torch.long)
-            mask[row, : len(seq)] = 1
-    return ids.to(device), mask.to(device)
+    ids = [list(s) + [pad_id] * (length - len(s)) for s in sequences]
+    mask = [[1] * len(s) + [0] * (length - len(s)) for s in sequences]
+    return _as_tensor(ids, len(sequences), length, device), _as_tensor(mask, len(sequences), length, device)
+
+
+def _as_tensor(rows: list[list[int]], n: int, length: int, device: Any) -> torch.Tensor:
+    """``[n, length]`` int64 tensor of equal-length rows (``torch.tensor`` of an empty list has no columns)."""
+    return torch.tensor(rows, dtype=torch.long).view(n, length).to(device)
 
 
 def completion_mask_after_eos(completion_ids: torch.Tensor, eos_ids: Sequence[int]) -> torch.Tensor:
@@ -132,14 +130,23 @@ def generate(
     model.eval()
     chunks = []
     step = max_batch_size or len(repeated) or 1
+    # The K samples of a prompt share its prefill when chunks hold whole groups (same chunks, same draws).
+    share = k > 1 and step % k == 0 and _can_share_prefill(model)
+    kwargs: dict[str, Any] = {"max_new_tokens": sampling.max_new_tokens, "pad_token_id": pad_id,
+                              "eos_token_id": eos_ids, "do_sample": not greedy}  # fmt: skip
+    if not greedy:
+        kwargs.update(temperature=sampling.temperature, top_p=sampling.top_p, top_k=sampling.top_k or 0)
     try:
         for start in range(0, len(repeated), step):
-            ids, mask = left_pad(repeated[start : start + step], pad_id, device)
-            kwargs: dict[str, Any] = {"max_new_tokens": sampling.max_new_tokens, "pad_token_id": pad_id,
-                                      "eos_token_id": eos_ids, "do_sample": not greedy}  # fmt: skip
-            if not greedy:
-                kwargs.update(temperature=sampling.temperature, top_p=sampling.top_p, top_k=sampling.top_k or 0)
-            out = model.generate(input_ids=ids, attention_mask=mask, **kwargs)
+            if share:
+                group_ids, group_mask = left_pad(prompts[start // k : (start + step) // k], pad_id, device)
+                cache = _prefill(model, group_ids, group_mask, k)
+                ids, mask = group_ids.repeat_interleave(k, dim=0), group_mask.repeat_interleave(k, dim=0)
+                extra = {"past_key_values": cache} if cache is not None else {}
+            else:
+                ids, mask = left_pad(repeated[start : start + step], pad_id, device)
+                extra = {}
+            out = model.generate(input_ids=ids, attention_mask=mask, **kwargs, **extra)
             chunks.append((ids, mask, out[:, ids.shape[1] :]))
     finally:
         model.train(was_training)
@@ -152,6 +159,38 @@ def generate(
     completion_ids = torch.where(completion_mask.bool(), completion_ids, pad_id)
     texts = tokenizer.batch_decode(completion_ids, skip_special_tokens=True)
     return Rollout(prompt_ids, prompt_mask, completion_ids, completion_mask, texts)
+
+
+def _can_share_prefill(model: Any) -> bool:
+    """Whether ``generate`` can continue from a prompt cache we fill: a decoder with the default dynamic cache."""
+    hf = _hf_model(model)
+    config = getattr(hf, "config", None)
+    if config is None or getattr(config, "is_encoder_decoder", False) or not getattr(config, "use_cache", True):
+        return False
+    if getattr(getattr(hf, "generation_config", None), "cache_implementation", None):
+        return False  # a static or offloaded cache of its own: let generate build it
+    return "position_ids" in _forward_parameters(model)
+
+
+def _prefill(model: Any, ids: torch.Tensor, mask: torch.Tensor, k: int) -> Any:
+    """The KV cache of B prompts but their last token, repeated K times per prompt (None: not a dynamic cache).
+
+    ``generate`` then feeds only the last prompt token of each of the B * K rows, instead of prefilling every
+    prompt K times. Positions count real tokens, as ``generate`` counts them.
+    """
+    if ids.shape[1] < 2:
+        return None
+    from transformers import DynamicCache
+
+    positions = (mask.cumsum(dim=1) - 1).clamp(min=0)
+    kwargs: dict[str, Any] = {"logits_to_keep": 1} if "logits_to_keep" in _forward_parameters(model) else {}
+    out = model(input_ids=ids[:, :-1], attention_mask=mask[:, :-1], position_ids=positions[:, :-1],
+                use_cache=True, **kwargs)  # fmt: skip
+    cache = getattr(out, "past_key_values", None)
+    if not isinstance(cache, DynamicCache):
+        return None
+    cache.batch_repeat_interleave(k)
+    return cache
 
 
 def _pad_left(t: torch.Tensor, width: int, value: int) -> torch.Tensor:
@@ -171,11 +210,15 @@ def token_logprobs(
     *,
     temperature: float = 1.0,
     with_tempered: float | None = None,
+    group_size: int = 1,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Per-token log-probs of the completion under ``model``: ``log softmax(logits / T)[a_t]``.
 
-    One forward pass over ``[prompt | completion]``; position ids count real tokens only, so left padding
-    does not shift positions (as in ``generate``).
+    One forward pass. Position ids count real tokens only, so left padding does not shift positions (as in
+    ``generate``), and logits are computed only where they are read (``logits_to_keep``) when the model
+    supports it. With ``group_size`` K > 1 and rows in groups of K that share one prompt (a rollout), the K
+    completions of a prompt are packed behind a single copy of it (:func:`_packed_inputs`) when the model
+    allows it and that costs less; the log-probs are the same, up to floating-point rounding.
 
     Args:
         model: Causal LM (may be DDP-wrapped; gradients flow unless called under ``no_grad``).
@@ -185,16 +228,25 @@ def token_logprobs(
         completion_mask: ``[N, C]`` 1 for real completion tokens.
         temperature: Temperature of the returned log-probs (1 for the KL terms and the loss).
         with_tempered: Also return log-probs at this sampling temperature (detached), from the same logits.
+        group_size: K, consecutive rows that may share their prompt (1: no packing).
 
     Returns:
         ``([N, C] log-probs, zero where masked; [N, C] tempered log-probs or None)``.
     """
-    input_ids = torch.cat([prompt_ids, completion_ids], dim=1)
-    attention = torch.cat([prompt_mask, completion_mask], dim=1)
-    positions = (attention.cumsum(dim=1) - 1).clamp(min=0)
-    logits = model(input_ids=input_ids, attention_mask=attention, position_ids=positions).logits
-    # The token at position t is predicted by the logits at t - 1.
-    logits = logits[:, prompt_ids.shape[1] - 1 : -1, :].float()
+    plan = _packing_plan(model, prompt_ids, prompt_mask, completion_ids, group_size)
+    if plan is not None:
+        logits = _packed_logits(model, plan, prompt_ids, prompt_mask, completion_ids, group_size)
+    else:
+        input_ids = torch.cat([prompt_ids, completion_ids], dim=1)
+        attention = torch.cat([prompt_mask, completion_mask], dim=1)
+        positions = (attention.cumsum(dim=1) - 1).clamp(min=0)
+        kwargs: dict[str, Any] = {"input_ids": input_ids, "attention_mask": attention, "position_ids": positions}
+        width = completion_ids.shape[1]
+        if width < input_ids.shape[1] and "logits_to_keep" in _forward_parameters(model):
+            kwargs["logits_to_keep"] = width + 1  # the last prompt position predicts the first completion token
+        logits = model(**kwargs).logits
+        # The token at position t is predicted by the logits at t - 1.
+        logits = logits[:, logits.shape[1] - width - 1 : -1, :].float()
     targets = completion_ids.unsqueeze(-1)
     scaled = logits / temperature if temperature != 1.0 else logits
     logps = torch.gather(scaled, -1, targets).squeeze(-1) - torch.logsumexp(scaled, dim=-1)
@@ -205,3 +257,122 @@ def token_logprobs(
             hot = logits.detach() / with_tempered
             tempered = (torch.gather(hot, -1, targets).squeeze(-1) - torch.logsumexp(hot, dim=-1)) * completion_mask
     return logps, tempered
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Prompt sharing: the K completions of a prompt behind one copy of it
+# ----------------------------------------------------------------------------------------------------------------
+#: Attention implementations that take a custom 4D mask as given (flash-attention kernels take none).
+_MASKABLE = {"sdpa": "bool", "eager": "additive"}
+
+
+def _hf_model(model: Any) -> Any:
+    """The Hugging Face model inside DDP/FSDP wrappers (``.module``) and PEFT (``get_base_model()``)."""
+    while isinstance(getattr(model, "module", None), torch.nn.Module):
+        model = model.module
+    base = getattr(model, "get_base_model", None)
+    return base() if callable(base) else model
+
+
+_FORWARD_PARAMETERS: dict[Any, frozenset[str]] = {}
+
+
+def _forward_parameters(model: Any) -> frozenset[str]:
+    """Argument names of the model's ``forward``, cached per forward function (``inspect`` is slow)."""
+    import inspect
+
+    forward = _hf_model(model).forward
+    key = getattr(forward, "__func__", forward)
+    if key not in _FORWARD_PARAMETERS:
+        try:
+            _FORWARD_PARAMETERS[key] = frozenset(inspect.signature(forward).parameters)
+        except (TypeError, ValueError):  # a C-level or otherwise opaque forward: assume nothing
+            _FORWARD_PARAMETERS[key] = frozenset()
+    return _FORWARD_PARAMETERS[key]
+
+
+def _packing_plan(
+    model: Any, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, completion_ids: torch.Tensor, k: int
+) -> str | None:
+    """The mask kind (``bool`` or ``additive``) when the rollout is packed, or None for the plain forward.
+
+    Packing needs: groups of K rows with identical prompts; an attention implementation that takes a custom
+    4D mask (sdpa, eager) and no sliding window (a custom mask replaces the model's own); a forward that takes
+    ``position_ids``; and a lower estimated cost. Per layer a token costs about 12 d^2 multiply-adds in its
+    projections and MLP and a query-key pair about 4 d in attention, so with N = B * K rows, S = P + C and
+    L = P + K * C the plain forward costs N (S 12 d^2 + S^2 4 d) and the packed one B (L 12 d^2 + L^2 4 d):
+    packing drops (K - 1) B P prompt tokens and pays for attention across the K completions of a prompt
+    (masked, but computed), which only long completions make dearer.
+    """
+    rows, width_p = prompt_ids.shape
+    width_c = completion_ids.shape[1]
+    if k <= 1 or rows % k or rows == 0 or width_p == 0:
+        return None
+    config = getattr(_hf_model(model), "config", None)
+    kind = _MASKABLE.get(getattr(config, "_attn_implementation", None) or "")
+    if kind is None or getattr(config, "sliding_window", None) is not None or getattr(config, "layer_types", None):
+        return None  # layer_types: models that mix attention kinds (sliding, chunked) per layer
+    if "position_ids" not in _forward_parameters(model):
+        return None
+    d = float(getattr(config, "hidden_size", 0) or 0)
+    groups = rows // k
+    seq, packed = width_p + width_c, width_p + k * width_c
+    plain_cost = rows * (seq * 12 * d * d + seq * seq * 4 * d)
+    packed_cost = groups * (packed * 12 * d * d + packed * packed * 4 * d)
+    if d > 0 and packed_cost >= 0.9 * plain_cost:
+        return None
+    grouped = prompt_ids.view(groups, k, width_p)
+    same = (grouped == grouped[:, :1]).all() & (
+        prompt_mask.view(groups, k, width_p) == prompt_mask.view(groups, k, width_p)[:, :1]
+    ).all()
+    return kind if bool(same) else None
+
+
+def _packed_logits(
+    model: Any, kind: str, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, completion_ids: torch.Tensor, k: int
+) -> torch.Tensor:
+    """``[N, C, V]`` float logits predicting each completion token, from one forward over B packed rows.
+
+    Row g of the packed batch is ``[prompt_g | completion_g0 | ... | completion_g(K-1)]`` (length
+    L = P + K C). A prompt token attends to the real prompt tokens before it; a token of completion j to the
+    real prompt tokens and to the tokens of completion j up to itself, never to another completion; every
+    token attends to itself (so no row of the mask is empty). Completion token t sits at position
+    ``prompt_length + t``, as in the plain forward. Token t of completion j is predicted by the logits at the
+    last prompt position (t = 0) or at its predecessor in block j.
+    """
+    rows, width_p = prompt_ids.shape
+    width_c = completion_ids.shape[1]
+    groups, device = rows // k, prompt_ids.device
+    length = width_p + k * width_c
+    g_prompt_ids, g_prompt_mask = prompt_ids[::k], prompt_mask[::k]
+    input_ids = torch.cat([g_prompt_ids, completion_ids.reshape(groups, k * width_c)], dim=1)
+
+    pos = torch.arange(length, device=device)
+    in_prompt = pos < width_p
+    block = torch.where(in_prompt, -1, (pos - width_p) // width_c)
+    causal = pos[None, :] <= pos[:, None]
+    structure = causal & (in_prompt[None, :] | (block[:, None] == block[None, :]))  # [L, L]
+    key_real = torch.cat([g_prompt_mask.bool(), torch.ones(groups, k * width_c, dtype=torch.bool, device=device)], 1)
+    mask = (structure[None] & key_real[:, None, :]) | torch.eye(length, dtype=torch.bool, device=device)[None]
+    mask = mask[:, None]  # [B, 1, L, L]
+    if kind == "additive":
+        dtype = next(_hf_model(model).parameters()).dtype
+        mask = torch.zeros(mask.shape, dtype=dtype, device=device).masked_fill(~mask, torch.finfo(dtype).min)
+
+    prompt_len = g_prompt_mask.sum(dim=1, keepdim=True)
+    prompt_pos = (g_prompt_mask.cumsum(dim=1) - 1).clamp(min=0)
+    offset = (pos[width_p:] - width_p) % width_c  # t within its completion
+    positions = torch.cat([prompt_pos, prompt_len + offset[None, :]], dim=1)
+
+    kwargs: dict[str, Any] = {"input_ids": input_ids, "attention_mask": mask, "position_ids": positions}
+    kept = length
+    if "logits_to_keep" in _forward_parameters(model):
+        kept = k * width_c + 1  # from the last prompt position on
+        kwargs["logits_to_keep"] = kept
+    logits = model(**kwargs).logits  # [B, kept, V]
+    first = length - kept
+    t = torch.arange(width_c, device=device)
+    j = torch.arange(k, device=device)
+    source = torch.where(t[None, :] == 0, width_p - 1, width_p + j[:, None] * width_c + t[None, :] - 1)  # [K, C]
+    picked = logits[:, (source - first).flatten()]  # [B, K C, V]
+    return picked.reshape(rows, width_c, -1).float()

@@ -238,7 +238,11 @@ class CGPOTrainer:
     # ------------------------------------------------------------------------------------------------------------
     @property
     def unwrapped(self) -> Any:
-        return self.accelerator.unwrap_model(self.policy)
+        """The policy without its DDP/FSDP wrapper (unwrapped once per wrapper: unwrapping walks the modules)."""
+        cached = getattr(self, "_unwrapped", None)
+        if cached is None or cached[0] is not self.policy:
+            cached = self._unwrapped = (self.policy, self.accelerator.unwrap_model(self.policy))
+        return cached[1]
 
     @contextlib.contextmanager
     def reference_model(self) -> Iterator[Any]:
@@ -392,13 +396,15 @@ class CGPOTrainer:
         b, k = len(drawn), cfg.sampling.num_samples
         device = self.accelerator.device
         args = (rollout.prompt_ids, rollout.prompt_mask, rollout.completion_ids, rollout.completion_mask)
+        # The K completions of a prompt share one copy of it in these forwards (rollout.token_logprobs).
         with torch.no_grad(), self.reference_model() as reference:
-            ref_tok, _ = token_logprobs(reference, *args)
+            ref_tok, _ = token_logprobs(reference, *args, group_size=k)
+        hot_t = cfg.sampling.temperature
         if self._micro_batches(b * k):
             with torch.no_grad():
-                pol_tok, hot = token_logprobs(self.unwrapped, *args, with_tempered=cfg.sampling.temperature)
+                pol_tok, hot = token_logprobs(self.unwrapped, *args, with_tempered=hot_t, group_size=k)
         else:
-            pol_tok, hot = token_logprobs(self.policy, *args, with_tempered=cfg.sampling.temperature)
+            pol_tok, hot = token_logprobs(self.policy, *args, with_tempered=hot_t, group_size=k)
         logps = pol_tok.sum(dim=1).view(b, k)
         batch = PolicyBatch(
             logps=logps,
@@ -485,28 +491,30 @@ class CGPOTrainer:
         grads = torch.autograd.grad(scaled, leaves, allow_unused=True)
         coef = grads[0] if grads[0] is not None else torch.zeros_like(batch.logps)
         rollout_args = (rollout.prompt_ids, rollout.prompt_mask, rollout.completion_ids, rollout.completion_mask)
-        pushes = [(rollout_args, coef.flatten())]
+        pushes = [(rollout_args, coef.flatten(), task.config.sampling.num_samples)]
         if baseline_args is not None and batch.baseline_logps is not None:
             # Every process must make the same DDP forward/backward calls: push a zero coefficient when this
             # process's loss did not use a_bar (e.g. a non-finite loss replaced by a zero).
             base = grads[1] if len(grads) > 1 and grads[1] is not None else torch.zeros_like(batch.baseline_logps)
-            pushes.append((baseline_args, base))
-        for i, (args, c) in enumerate(pushes):
-            self._push_gradient(args, c, final=last and i == len(pushes) - 1)
+            pushes.append((baseline_args, base, 1))
+        for i, (args, c, k) in enumerate(pushes):
+            self._push_gradient(args, c, k, final=last and i == len(pushes) - 1)
         return loss_value, out.stats, bad
 
-    def _push_gradient(self, args: tuple[torch.Tensor, ...], coef: torch.Tensor, *, final: bool) -> None:
+    def _push_gradient(self, args: tuple[torch.Tensor, ...], coef: torch.Tensor, k: int, *, final: bool) -> None:
         """backward(sum_i coef_i * log pi(a_i|s_i)) over micro-batches of rows: the chain rule, chunk by chunk.
 
+        ``k``: rows come in groups of k sharing a prompt; chunks that keep whole groups share its forward.
         Only the step's very last backward (``final``) synchronizes gradients across processes.
         """
         size = self.config.training.micro_batch_size or len(coef)
+        group = k if size % k == 0 else 1
         starts = list(range(0, len(coef), size))
         for start in starts:
             rows = slice(start, start + size)
             sync = final and start == starts[-1]
             with contextlib.nullcontext() if sync else self.accelerator.no_sync(self.policy):
-                tok, _ = token_logprobs(self.policy, *(t[rows] for t in args))
+                tok, _ = token_logprobs(self.policy, *(t[rows] for t in args), group_size=group)
                 self.accelerator.backward((coef[rows].detach() * tok.sum(dim=1)).sum())
 
     def _optimizer_step(self, nonfinite: torch.Tensor) -> float:
