@@ -36,6 +36,7 @@ counts differ for 27, all with a clitic directly before a closing quote and more
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 
 __all__ = ["count_capital_words", "count_sentences", "count_words", "split_sentences"]
 
@@ -94,8 +95,21 @@ def _context_breaks(context: str) -> bool:
     return any(_token_breaks(tokens[i], tokens[i + 1]) for i in range(len(tokens) - 1))
 
 
-def _last_ascii_whitespace(text: str, start: int, stop: int) -> int:
-    return max(text.rfind(ch, start, stop) for ch in _ASCII_WHITESPACE)
+def _last_ascii_whitespace_finder(text: str) -> Callable[[int, int], int]:
+    """``find(start, stop)``: the index of the last ASCII whitespace in ``text[start:stop]``, or -1.
+
+    Only the whitespace characters that occur in ``text`` are searched for (usually space and newline).
+    """
+    present = [ch for ch in _ASCII_WHITESPACE if ch in text]
+    if not present:
+        return lambda start, stop: -1
+    if len(present) == 1:
+        (only,) = present
+        return lambda start, stop: text.rfind(only, start, stop)
+    if len(present) == 2:
+        a, b = present
+        return lambda start, stop: max(text.rfind(a, start, stop), text.rfind(b, start, stop))
+    return lambda start, stop: max(text.rfind(ch, start, stop) for ch in present)
 
 
 def _boundaries(text: str) -> list[tuple[int, int]]:
@@ -119,10 +133,11 @@ def _boundaries(text: str) -> list[tuple[int, int]]:
 
     # The word before each candidate starts after the last whitespace; when there is none since the previous
     # candidate, both candidates share one word and only the later one is decided (Punkt's overlap rule).
+    last_whitespace = _last_ascii_whitespace_finder(text)
     prev: re.Match[str] | None = None
     prev_start = prev_stop = 0
     for match in _CANDIDATE.finditer(text):
-        ws = _last_ascii_whitespace(text, prev_stop, match.start())
+        ws = last_whitespace(prev_stop, match.start())
         word_start = ws + 1 if ws > prev_stop else prev_start
         if prev is not None and prev_stop <= word_start:
             decide(prev, prev_start)
