@@ -59,6 +59,7 @@ _TWOPI = 2.0 * math.pi  # random.TWOPI
 # langdetect stops a trial at i >= 1000, checked every fifth pick after the first: after 200 blocks of five.
 _LIMIT_BLOCKS = _ITERATION_LIMIT // 5
 _EARLIEST_DECISION = _TRIALS // 2 + 1  # see _decide_rows
+_WINDOW = 2048  # stream outputs first examined per text (see _Job)
 # langdetect normalises with builtin sum(); before Python 3.12 that adds floats left to right.
 _SEQUENTIAL_SUM = sys.version_info < (3, 12)
 
@@ -132,6 +133,7 @@ class _Draws:
             words.append(word)
             low += word < 0x80000000
         self.words = words
+        self.words_count = len(words)
         # Shifted outputs for each bit length k of n (n < 2**16 since texts are cut to 10,000 characters;
         # longer n-gram lists fall back to the one-by-one path).
         array = np.array(words, dtype=np.uint32)
@@ -146,11 +148,14 @@ class _Draws:
         g2rad = math.sqrt(-2.0 * math.log(1.0 - u))
         return math.cos(x2pi) * g2rad, math.sin(x2pi) * g2rad
 
-    def accepted(self, n: int) -> tuple[Any, Any]:
-        """(positions in the stream, values) of the outputs ``_randbelow(n)`` accepts, in order."""
+    def accepted(self, n: int, words: int | None = None) -> tuple[Any, Any]:
+        """(positions in the stream, values) of the outputs ``_randbelow(n)`` accepts, in order.
+
+        With ``words``, only among the first ``words`` outputs: a prefix of the full answer.
+        """
         import numpy as np
 
-        shifted = self.shifted[n.bit_length()]
+        shifted = self.shifted[n.bit_length()][:words]
         positions = np.flatnonzero(shifted < n)
         return positions, shifted[positions]
 
@@ -309,11 +314,14 @@ def _ngram_bytes(model: _Model, text: str) -> bytes:
         # A crude bound; the tables only save recomputing a pure function of the word. Fresh dicts rather than
         # clear(): another thread may be reading the old ones.
         inside, closed = model.word_tables = {"": b""}, {"": b""}
-    for word in set(words).difference(closed):
-        inside[word], closed[word] = _word_ngrams(model, word)
     # Every word but the last is followed by a space (empty words between spaces yield nothing).
     last = words.pop()
-    return b"".join(map(closed.__getitem__, words)) + inside[last]
+    try:
+        return b"".join(map(closed.__getitem__, words)) + inside[last]
+    except KeyError:  # words not seen before: compute them, then join
+        for word in set(words).union((last,)).difference(closed):
+            inside[word], closed[word] = _word_ngrams(model, word)
+        return b"".join(map(closed.__getitem__, words)) + inside[last]
 
 
 def _ngrams(model: _Model, text: str) -> list[int]:
@@ -436,22 +444,41 @@ class _Job:
     """One text's detection in :func:`detect_many`.
 
     ``where`` holds the stream positions of the draws ``_randbelow(n)`` accepts and ``rows`` the profile rows
-    they pick; ``cursor`` is the next of them. ``gauss_next`` is the normal value the last fresh ``gauss()``
-    call kept for the next trial; ``done`` counts completed trials.
+    they pick (``grams`` maps draws to rows); ``cursor`` is the next of them. Most texts need a few hundred
+    picks, so the arrays first cover the stream's first :data:`_WINDOW` outputs and :meth:`extend` completes
+    them when a text needs more (a prefix stays a prefix, so ``cursor`` stays valid). ``gauss_next`` is the
+    normal value the last fresh ``gauss()`` call kept for the next trial; ``done`` counts completed trials.
     """
 
     text: int
+    grams: Any
     where: Any
     rows: Any
+    full: bool
     cursor: int = 0
     done: int = 0
     gauss_next: float = 0.0
+
+    @classmethod
+    def start(cls, text: int, grams: Any, draws: _Draws) -> _Job:
+        full = draws.words_count <= _WINDOW
+        where, values = draws.accepted(len(grams), None if full else _WINDOW)
+        return cls(text, grams, where, grams[values], full)
+
+    def extend(self, draws: _Draws) -> None:
+        """Cover the whole stream (enough for any detection)."""
+        if not self.full:
+            self.where, values = draws.accepted(len(self.grams))
+            self.rows = self.grams[values]
+            self.full = True
 
     def next_weight(self, draws: _Draws) -> float:
         """The next trial's weight ``alpha / 10000``, consuming the stream as ``gauss()`` does."""
         if self.done % 2 == 0:  # a fresh gauss() call: two random() calls, right after the last pick
             at = int(self.where[self.cursor - 1]) + 1 if self.cursor else 0
             z, self.gauss_next = draws.gauss_pair(at)
+            if not self.full and (not len(self.where) or self.where[-1] < at + 4):
+                self.extend(draws)  # the first pick after gauss may lie beyond the window
             self.cursor = int(self.where.searchsorted(at + 4))
         else:
             z = self.gauss_next
@@ -502,7 +529,7 @@ def _numerics_match() -> bool:
     return not _SEQUENTIAL_SUM or _row_sums(product).tolist() == sequential
 
 
-def _decide_rows(langs: list[str], means: Any, done: Any) -> list[str | None]:
+def _decide_rows(langs: list[str], means: Any, done: list[int]) -> list[str | None]:
     """:func:`_decision` for several texts' running means at once (rows of ``means``, ``done`` trials each).
 
     After ``d`` trials no language's mean exceeds ``d / 7``, so the early rule (a lead over ``(7 - d) / 7``)
@@ -511,16 +538,18 @@ def _decide_rows(langs: list[str], means: Any, done: Any) -> list[str | None]:
     import numpy as np
 
     out: list[str | None] = [None] * len(done)
-    rows = np.flatnonzero(done >= _EARLIEST_DECISION)
-    if not len(rows):
+    rows = [r for r, d in enumerate(done) if d >= _EARLIEST_DECISION]
+    if not rows:
         return out
-    means, done = means[rows], done[rows]
+    if len(rows) < len(done):
+        means = means[rows]
+    trials = np.array([done[r] for r in rows])
     top2 = np.partition(means, -2, axis=1)[:, -2:]
     lead, second = top2[:, 1], top2[:, 0]
     best = means.argmax(axis=1)  # the first of equal maxima, as _decision and langdetect's stable sort
-    early = (lead > _PROB_THRESHOLD) & (lead - second > (_TRIALS - done) / _TRIALS + 1e-9)
-    for r, b, p, d, e in zip(rows.tolist(), best.tolist(), lead.tolist(), done.tolist(), early.tolist(), strict=True):
-        if d >= _TRIALS:
+    early = (lead > _PROB_THRESHOLD) & (lead - second > (_TRIALS - trials) / _TRIALS + 1e-9)
+    for r, b, p, e in zip(rows, best.tolist(), lead.tolist(), early.tolist(), strict=True):
+        if done[r] >= _TRIALS:
             out[r] = langs[b] if p > _PROB_THRESHOLD else "unknown"
         elif e:
             out[r] = langs[b]
@@ -544,6 +573,8 @@ def _run_alone(model: _Model, job: _Job, means: Any, prob: Any, weight: float, f
     chunk = 4
     while True:
         if first:
+            if job.cursor >= len(job.rows):
+                job.extend(draws)
             prob = prob * (matrix[job.rows[job.cursor]] + weight)
             job.cursor += 1
             step = 0
@@ -553,6 +584,8 @@ def _run_alone(model: _Model, job: _Job, means: Any, prob: Any, weight: float, f
             total = 1.0  # already normalised; dividing by 1.0 is exact
             running = True
         while running:
+            if job.cursor + 5 * chunk > len(job.rows):
+                job.extend(draws)
             rows = job.rows[job.cursor : job.cursor + 5 * chunk]
             stack = np.empty((len(rows) + 1, n_langs))
             matrix.take(rows, axis=0, out=stack[1:])
@@ -572,12 +605,20 @@ def _run_alone(model: _Model, job: _Job, means: Any, prob: Any, weight: float, f
         prob = prob / total
         job.done += 1
         means += prob / _TRIALS
-        found = _decide_rows(langs, means[None], np.array([job.done]))[0]
+        found = _decide_rows(langs, means[None], [job.done])[0]
         if found is not None:
             return found
         weight = job.next_weight(draws)
         prob = np.full(n_langs, 1.0 / n_langs)
         first = True
+
+
+def _layout(jobs: list[_Job]) -> tuple[Any, list[int], Any]:
+    """All texts' pick rows in one array: (offset of each text's rows, their lengths, the array)."""
+    import numpy as np
+
+    laid = [len(job.rows) for job in jobs]
+    return np.cumsum([0, *laid[:-1]]), laid, np.concatenate([job.rows for job in jobs])
 
 
 def detect_many(texts: Sequence[str]) -> list[str | None]:
@@ -612,17 +653,14 @@ def detect_many(texts: Sequence[str]) -> list[str | None]:
         if len(grams) >= 1 << 16:  # cannot happen for text cut to 10,000 characters; kept exact regardless
             results[i] = _detect_or_none(text)
             continue
-        where, values = draws.accepted(len(grams))
-        jobs.append(_Job(i, where, grams[values]))
+        jobs.append(_Job.start(i, grams, draws))
     if not jobs:
         return results
 
     # Trial 1 of every text starts at the stream's start: the same gauss value, the same weight for all.
     weight = np.array([[job.next_weight(draws)] for job in jobs])  # (texts, 1)
-    offsets = np.cumsum([0] + [len(job.rows) for job in jobs[:-1]])
-    flat = np.concatenate([job.rows for job in jobs])
+    offsets, laid, flat = _layout(jobs)
     means = np.zeros((len(jobs), n_langs))  # per job: the mean over its completed trials
-    done = np.zeros(len(jobs), dtype=np.intp)
     # Per running text (compacted when texts finish): job number, positions in `flat` of its next five picks,
     # weight, the step at which its trial reaches langdetect's iteration limit, and the stack whose first row
     # holds the normalised probabilities and the others the next five factors.
@@ -634,9 +672,21 @@ def detect_many(texts: Sequence[str]) -> list[str | None]:
     stack[0] = 1.0 / n_langs
     first: list[int] = list(range(len(jobs)))  # rows whose next update is their trial's first (one pick)
     step = 0
-    offset_of = offsets.tolist()
     next_limit = _LIMIT_BLOCKS + 1  # the earliest step at which some running trial reaches the limit
+    safe = 0  # steps that certainly read inside every running text's arrays (each step reads <= 5 further)
     while len(running) > 1:
+        if safe <= 0:
+            room = offsets[running] + np.array([laid[t] for t in running.tolist()]) - picks[4]
+            short = [t for t, r in zip(running.tolist(), room.tolist(), strict=True) if r < 64 and not jobs[t].full]
+            if short:
+                for t in short:
+                    jobs[t].extend(draws)
+                old_offsets = offsets
+                offsets, laid, flat = _layout(jobs)
+                picks += offsets[running] - old_offsets[running]
+                room = offsets[running] + np.array([laid[t] for t in running.tolist()]) - picks[4]
+            safe = (int(room.min()) + 4) // 5
+        safe -= 1
         matrix.take(flat.take(picks), axis=0, out=stack[1:])
         stack[1:] += weight  # weight + P(ngram | language), one rounding, as langdetect
         if first:
@@ -656,32 +706,35 @@ def detect_many(texts: Sequence[str]) -> list[str | None]:
             continue
         which = running[ended]
         means[which] += stack[0, ended] / _TRIALS  # langdetect's langprob[j] += prob[j] / n_trial
-        done[which] += 1
-        decided = _decide_rows(langs, means[which], done[which])
+        jobs_ended = which.tolist()
+        for t in jobs_ended:
+            jobs[t].done += 1
+        trials = [jobs[t].done for t in jobs_ended]
+        decided = _decide_rows(langs, means[which] if max(trials) >= _EARLIEST_DECISION else None, trials)
         finished = []
-        weights, cursors = [], []
-        for a, t, found, cursor, trials in zip(
-            ended.tolist(),
-            which.tolist(),
-            decided,
-            (picks[0, ended] - offsets[which]).tolist(),
-            done[which].tolist(),
-            strict=True,
+        weights, restarted = [], []
+        for a, t, found, cursor in zip(
+            ended.tolist(), jobs_ended, decided, (picks[0, ended] - offsets[which]).tolist(), strict=True
         ):
             job = jobs[t]
             if found is not None:
                 results[job.text] = found
                 finished.append(a)
                 continue
-            job.cursor, job.done = cursor, trials
-            weights.append(job.next_weight(draws))
-            cursors.append(offset_of[t] + job.cursor)
+            job.cursor = cursor
+            weights.append(job.next_weight(draws))  # may extend the text's arrays (see _Job.next_weight)
+            restarted.append(t)
             first.append(a)
+        if any(len(jobs[t].rows) != laid[t] for t in restarted):
+            old_offsets = offsets
+            offsets, laid, flat = _layout(jobs)
+            picks += offsets[running] - old_offsets[running]
         if first:
             weight[first, 0] = weights
-            picks[:, first] = five + np.array(cursors)
+            picks[:, first] = five + (offsets[restarted] + np.array([jobs[t].cursor for t in restarted]))
             stack[0, first] = 1.0 / n_langs
             limit[first] = step + 1 + _LIMIT_BLOCKS  # langdetect's counter is 0 after the coming first update
+            safe = 0
         if finished:
             keep = np.ones(len(running), dtype=bool)
             keep[finished] = False
@@ -692,7 +745,7 @@ def detect_many(texts: Sequence[str]) -> list[str | None]:
     if len(running):
         t = int(running[0])
         job = jobs[t]
-        job.cursor, job.done = int(picks[0, 0] - offsets[t]), int(done[t])
+        job.cursor = int(picks[0, 0] - offsets[t])
         # Unless its next update starts a trial, the text has done step - limit + _LIMIT_BLOCKS blocks of five
         # since its trial's first update.
         fresh = bool(first)
