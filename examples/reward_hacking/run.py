@@ -174,6 +174,7 @@ def plot(results: dict[str, Any], curves: dict[str, dict[str, list[float]]], out
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.patches import Patch
 
     colors = {"unconstrained": "tab:red", "cgpo": "tab:blue"}
     labels = {name: f"{name} ({results[name]['optimizer']})" for name in RUNS}
@@ -203,14 +204,15 @@ def plot(results: dict[str, Any], curves: dict[str, dict[str, list[float]]], out
         xs = range(len(names))
         before = [results[n][f"{key}_start"] for n in names]
         after = [results[n][f"{key}_end"] for n in names]
-        ax.bar([x - 0.2 for x in xs], before, width=0.4, color="lightgray", label="before")
-        ax.bar([x + 0.2 for x in xs], after, width=0.4, color=[colors[n] for n in names], label="after")
+        ax.bar([x - 0.2 for x in xs], before, width=0.4, color="lightgray")
+        ax.bar([x + 0.2 for x in xs], after, width=0.4, color=[colors[n] for n in names])
         for x, b, a in zip(xs, before, after, strict=True):
             ax.text(x - 0.2, b, f"{b:.2f}", ha="center", va="bottom", fontsize=9)
             ax.text(x + 0.2, a, f"{a:.2f}", ha="center", va="bottom", fontsize=9)
         ax.set_xticks(list(xs), [labels[n] for n in names])
         ax.set_title(f"{title} (greedy, {results[names[0]]['eval_prompts']} prompts)")
-        ax.legend()
+        # The "after" bars take each run's colour; the legend names the two positions.
+        ax.legend(handles=[Patch(color="lightgray", label="before"), Patch(color="dimgray", label="after")])
     fig.tight_layout()
     paths.append(out / "held_out.png")
     fig.savefig(paths[1], dpi=110)
