@@ -81,25 +81,6 @@ class _NormalizedChars(dict[int, str]):
         return value
 
 
-class _ScriptClasses(dict[int, str]):
-    """``str.translate`` table: code point -> "L" (langdetect counts it Latin), "N" (non-Latin) or ""."""
-
-    def __init__(self, unicode_block: Callable[[str], Any]) -> None:
-        super().__init__()
-        self._unicode_block = unicode_block
-
-    def __missing__(self, code: int) -> str:
-        ch = chr(code)
-        if "A" <= ch <= "z":
-            value = "L"
-        elif ch >= "\u0300" and self._unicode_block(ch) != "Latin Extended Additional":
-            value = "N"
-        else:
-            value = ""
-        self[code] = value
-        return value
-
-
 _ASCII_LATIN = re.compile("[A-z]+")  # langdetect's "Latin": "A" <= ch <= "z" (ASCII 65-122)
 
 
@@ -191,7 +172,6 @@ class _Model:
         from langdetect.detector import Detector
         from langdetect.detector_factory import PROFILES_DIRECTORY, DetectorFactory
         from langdetect.utils.ngram import NGram
-        from langdetect.utils.unicode_block import unicode_block
 
         factory = DetectorFactory()  # a private factory: langdetect's global one is left untouched
         factory.load_profile(PROFILES_DIRECTORY)
@@ -208,9 +188,7 @@ class _Model:
         self.url_re: re.Pattern[str] = Detector.URL_RE
         self.mail_re: re.Pattern[str] = Detector.MAIL_RE
         self.normalize_vi: Callable[[str], str] = NGram.normalize_vi
-        self.unicode_block: Callable[[str], Any] = unicode_block
         self.table = _NormalizedChars(NGram.normalize)
-        self.script_table = _ScriptClasses(unicode_block)
         self._masks: dict[int, int] = {}
         # Per normalised word, its n-gram ids as int32 bytes: without and with the n-grams a following space closes.
         self.word_tables: tuple[dict[str, bytes], dict[str, bytes]] = ({"": b""}, {"": b""})
@@ -266,10 +244,14 @@ def _prepare(model: _Model, text: str) -> str:
     if "  " in text:
         text = _SPACES.sub(" ", text)
     if not text.isascii():
-        # langdetect's script census: "A".."z" (ASCII 65-122) counts as Latin; from U+0300 on, anything outside
-        # Latin Extended Additional counts as non-Latin. Classified per character once, counted in C.
-        census = text.translate(model.script_table)
-        if census.count("L") * 2 < census.count("N"):
+        # langdetect's script census: "A".."z" (ASCII 65-122) counts as Latin, and so does nothing else; it means
+        # to count everything from U+0300 outside Latin Extended Additional as non-Latin, but compares
+        # unicode_block()'s block number with the block's name, so every character from U+0300 counts.
+        import numpy as np
+
+        codes = np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
+        latin = np.count_nonzero((codes >= 0x41) & (codes <= 0x7A))
+        if latin * 2 < np.count_nonzero(codes >= 0x300):
             text = _ASCII_LATIN.sub("", text)
     return text
 
