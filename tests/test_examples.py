@@ -109,11 +109,12 @@ def test_reward_hacking_arguments(tmp_path):
 
 
 def test_k_sweep_arguments():
-    args = sweep.parse_args(["--out", "x", "--ks", "4", "1", "--reward-model", "rm", "--policy", "pi"])
-    assert args.ks == [1, 4]
+    args = sweep.parse_args(["--out", "x", "--ks", "4", "1", "--seeds", "3", "--reward-model", "rm", "--policy", "pi"])
+    assert args.ks == [1, 4] and args.seeds == [3]
     assert sweep.overrides(args) == ["policy.path=pi", "tasks.0.reward.model=rm"]
-    assert sweep.parse_args(["--out", "x"]).ks == [1, 2, 4, 8]
-    for bad in (["--ks", "0"], ["--ks", "2", "2"], ["--steps", "0"]):
+    defaults = sweep.parse_args(["--out", "x"])
+    assert (defaults.ks, defaults.seeds) == ([1, 2, 4, 8], [0, 1, 2])
+    for bad in (["--ks", "0"], ["--ks", "2", "2"], ["--seeds", "1", "1"], ["--seeds", "-1"], ["--steps", "0"]):
         with pytest.raises(SystemExit):
             sweep.parse_args(["--out", "x", *bad])
 
@@ -151,22 +152,27 @@ def test_reward_hacking_summary_and_check(tmp_path):
 
 def test_k_sweep_summary_and_check(tmp_path):
     start = eval_result("j", n=48, pass_rate=0.0, reward=-0.3)
-    ends = {k: eval_result("j", n=48, pass_rate=0.1 * k, reward=-0.3 + 0.1 * k) for k in (1, 2, 4, 8)}
-    curves = {k: [0.0, 0.1 * k, 0.2 * k, 0.3 * k] for k in ends}
-    results = sweep.summarize(start, ends, curves, dict.fromkeys(ends, 1.0), prompts_per_step=8)
+    ks, seeds = (1, 2, 4, 8), (0, 1)
+    # Seed 1 ends 0.2 above seed 0 for every K.
+    ends = {k: {s: eval_result("j", n=48, pass_rate=0.0, reward=0.1 * k + 0.2 * s) for s in seeds} for k in ks}
+    curves = {k: {s: [0.0, 0.1 * k, 0.2 * k, 0.3 * k + s] for s in seeds} for k in ks}
+    results = sweep.summarize(start, ends, curves, dict.fromkeys(ks, 1.0), prompts_per_step=8)
     assert results["reward_start"] == -0.3 and results["steps"] == 4 and results["eval_prompts"] == 48
-    assert list(results["final_reward"]) == ["1", "2", "4", "8"]
-    assert results["final_reward"]["8"] == pytest.approx(0.5)
-    assert results["k"]["4"]["train_reward_last"] == pytest.approx(1.2)  # the last quarter: one step
+    assert results["seeds"] == [0, 1] and list(results["final_reward"]) == ["1", "2", "4", "8"]
+    assert results["final_reward"]["8"] == pytest.approx(0.9)
+    row = results["k"]["4"]
+    assert row["reward_end_per_seed"] == [pytest.approx(0.4), pytest.approx(0.6)]
+    assert row["reward_end_std"] == pytest.approx(0.1)
+    assert row["train_reward_last"] == pytest.approx(1.2 + 0.5)  # the last quarter (one step), mean over seeds
     sweep.check_results(results)
     json.dumps(results)
     with pytest.raises(ValueError, match=r"final_reward\.2"):
         sweep.check_results(dict(results, final_reward={"1": 0.0, "2": math.inf}))
     with pytest.raises(ValueError, match="no final reward"):
         sweep.check_results({"reward_start": 0.0, "final_reward": {}})
-    with pytest.raises(ValueError, match="K=1"):
-        sweep.summarize(start, {1: eval_result("other", n=48, pass_rate=0, reward=0)}, {1: [0.0]}, {1: 0.0},
-                        prompts_per_step=8)  # fmt: skip
+    with pytest.raises(ValueError, match="K=1 seed 0"):
+        sweep.summarize(start, {1: {0: eval_result("other", n=48, pass_rate=0, reward=0)}}, {1: {0: [0.0]}},
+                        {1: 0.0}, prompts_per_step=8)  # fmt: skip
     assert sweep.plot(results, curves, tmp_path).read_bytes().startswith(b"\x89PNG")
 
 
@@ -198,7 +204,7 @@ def test_reward_hacking_smoke(tmp_path, tiny_models_dir):
 def test_k_sweep_smoke(tmp_path, tiny_models_dir):
     out = tmp_path / "sweep"
     argv = [
-        *("--out", str(out), "--ks", "1", "2", "--steps", "2", "--max-eval-prompts", "4"),
+        *("--out", str(out), "--ks", "1", "2", "--seeds", "0", "--steps", "2", "--max-eval-prompts", "4"),
         *("--policy", str(tiny_models_dir / "policy"), "--reward-model", str(tiny_models_dir / "reward")),
     ]
     assert sweep.main(argv) == 0
@@ -208,4 +214,5 @@ def test_k_sweep_smoke(tmp_path, tiny_models_dir):
     for value in results["final_reward"].values():
         assert_finite(value)
     assert results["steps"] == 2 and results["eval_prompts"] == 4 and results["prompts_per_step"] == 8
+    assert results["seeds"] == [0] and (out / "k2_s0" / "final" / "config.json").is_file()
     assert (out / "k_sweep.png").is_file()

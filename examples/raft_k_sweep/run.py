@@ -6,21 +6,26 @@
 
 The RAFT paper (arXiv 2304.06767) reports that the reward of best-of-K fine-tuning rises with K: each step
 trains on the best of K samples per prompt, and a larger K picks a better one. Here every run has the same
-steps, prompts per step, learning rate and seed (``config.yaml``: the tiny JSON task, the tiny Bradley-Terry
-reward model, the ``raft`` optimizer); only ``tasks.0.sampling.num_samples`` changes. K = 1 is plain SFT on
-the policy's own samples, the control: no selection, so no pressure on the reward.
+steps, prompts per step and learning rate (``config.yaml``: the tiny JSON task, the tiny Bradley-Terry reward
+model, the ``raft`` optimizer); only ``tasks.0.sampling.num_samples`` changes. K = 1 is plain SFT on the
+policy's own samples, the control: no selection, so no pressure on the reward. Each K is trained with several
+seeds (``training.seed``) and the held-out rewards are averaged: one run of this size is noisy (seed 0 and seed 1
+of the same K can end 0.5 apart).
 
-1. ``cgpo eval`` of the starting policy on the task's held-out prompts (greedy; shared by every K).
-2. For each K: ``cgpo train`` with ``tasks.0.sampling.num_samples=K``, then ``cgpo eval --model OUT/k{K}/final``.
+1. ``cgpo eval`` of the starting policy on the task's held-out prompts (greedy; shared by every K and seed).
+2. For each K and seed: ``cgpo train`` with ``tasks.0.sampling.num_samples=K training.seed=S``, then
+   ``cgpo eval --model OUT/k{K}_s{S}/final``.
 3. ``OUT/results.json``::
 
-       {"task", "steps", "prompts_per_step", "eval_prompts",
+       {"task", "steps", "prompts_per_step", "seeds", "eval_prompts",
         "reward_start", "calibrated_reward_start", "pass_rate_start",
-        "final_reward": {"1": ..., "2": ..., "4": ..., "8": ...},
-        "k": {"1": {"reward_end", "calibrated_reward_end", "pass_rate_end", "train_reward_last",
+        "final_reward": {"1": mean over seeds, "2": ..., "4": ..., "8": ...},
+        "k": {"1": {"reward_end", "reward_end_per_seed", "reward_end_std", "calibrated_reward_end",
+                    "pass_rate_end", "response_length_end", "train_reward_first", "train_reward_last",
                     "train_seconds"}, ...}}
 
-   and ``k_sweep.png`` (held-out reward after training against K; training-sample reward over steps per K).
+   (every ``*_end`` and ``train_*`` value a mean over seeds; ``train_seconds`` their total) and ``k_sweep.png``
+   (held-out reward after training against K, each seed and the mean; training-sample reward over steps).
 
 Every step is the real command line (``cgpo.cli.main``, in this process so that torch loads once); the output of
 each call goes to ``OUT/logs/``.
@@ -41,6 +46,7 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 CONFIG = HERE / "config.yaml"
 DEFAULT_KS = (1, 2, 4, 8)
+DEFAULT_SEEDS = (0, 1, 2)
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -48,7 +54,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], prog="run.py")
     parser.add_argument("--out", required=True, type=Path, help="output folder (runs, evaluations, results, plot)")
     parser.add_argument("--ks", type=int, nargs="+", default=list(DEFAULT_KS), help="values of K (default 1 2 4 8)")
-    parser.add_argument("--steps", type=int, default=None, help="training steps per K (default: config.yaml's)")
+    parser.add_argument(
+        "--seeds", type=int, nargs="+", default=list(DEFAULT_SEEDS), help="training seeds per K (default 0 1 2)"
+    )
+    parser.add_argument("--steps", type=int, default=None, help="training steps per run (default: config.yaml's)")
     parser.add_argument(
         "--max-eval-prompts", type=int, default=None, metavar="N", help="held-out prompts to evaluate (default: all)"
     )
@@ -63,6 +72,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if any(k < 1 for k in args.ks) or len(set(args.ks)) != len(args.ks):
         parser.error(f"--ks must be distinct positive integers, got {args.ks}")
+    if any(seed < 0 for seed in args.seeds) or len(set(args.seeds)) != len(args.seeds):
+        parser.error(f"--seeds must be distinct non-negative integers, got {args.seeds}")
     for flag in ("steps", "max_eval_prompts", "threads"):
         value = getattr(args, flag)
         if value is not None and value < 1:
@@ -124,41 +135,62 @@ def train_rewards(metrics: list[dict[str, Any]], task: str) -> list[float]:
     return [float(m[f"task/{task}/reward"]) for m in metrics]
 
 
+def mean(values: Sequence[float]) -> float:
+    return sum(values) / len(values)
+
+
 def summarize(
     start: dict[str, Any],
-    ends: dict[int, dict[str, Any]],
-    curves: dict[int, list[float]],
+    ends: dict[int, dict[int, dict[str, Any]]],
+    curves: dict[int, dict[int, list[float]]],
     seconds: dict[int, float],
     *,
     prompts_per_step: int,
 ) -> dict[str, Any]:
-    """``results.json`` from the ``cgpo eval`` results before training and after each K's run.
+    """``results.json`` from the ``cgpo eval`` results before training and after each (K, seed) run.
+
+    Args:
+        start: The evaluation of the starting policy.
+        ends: ``ends[K][seed]``: the evaluation of that run's final model.
+        curves: ``curves[K][seed]``: that run's training-sample reward per step.
+        seconds: Training seconds per K, all seeds together.
+        prompts_per_step: The task's batch size.
 
     ``train_reward_last`` is the mean training-sample reward over the last quarter of the steps (at least one).
     """
     task, before = only_task(start)
     per_k: dict[str, dict[str, Any]] = {}
+    seeds: list[int] = []
     steps = 0
     for k in sorted(ends):
-        name, after = only_task(ends[k])
-        if name != task or after["n"] != before["n"]:
-            raise ValueError(f"K={k} evaluated {name} on {after['n']} prompts, the start {task} on {before['n']}")
-        curve = curves[k]
-        tail = curve[-max(1, len(curve) // 4) :]
-        steps = len(curve)
+        seeds = sorted(ends[k])
+        rows = []
+        for seed in seeds:
+            name, after = only_task(ends[k][seed])
+            if name != task or after["n"] != before["n"]:
+                raise ValueError(
+                    f"K={k} seed {seed} evaluated {name} on {after['n']} prompts, the start {task} on {before['n']}"
+                )
+            rows.append(after)
+        tails = [c[-max(1, len(c) // 4) :] for c in (curves[k][seed] for seed in seeds)]
+        steps = len(curves[k][seeds[0]])
+        rewards = [float(r["reward"]) for r in rows]
         per_k[str(k)] = {
-            "reward_end": float(after["reward"]),
-            "calibrated_reward_end": float(after["calibrated_reward"]),
-            "pass_rate_end": float(after["pass_rate"]),
-            "response_length_end": float(after["response_length"]),
-            "train_reward_first": curve[0],
-            "train_reward_last": sum(tail) / len(tail),
+            "reward_end": mean(rewards),
+            "reward_end_per_seed": rewards,
+            "reward_end_std": (sum((r - mean(rewards)) ** 2 for r in rewards) / len(rewards)) ** 0.5,
+            "calibrated_reward_end": mean([float(r["calibrated_reward"]) for r in rows]),
+            "pass_rate_end": mean([float(r["pass_rate"]) for r in rows]),
+            "response_length_end": mean([float(r["response_length"]) for r in rows]),
+            "train_reward_first": mean([curves[k][seed][0] for seed in seeds]),
+            "train_reward_last": mean([mean(tail) for tail in tails]),
             "train_seconds": round(seconds[k], 1),
         }
     return {
         "task": task,
         "steps": steps,
         "prompts_per_step": prompts_per_step,
+        "seeds": seeds,
         "eval_prompts": int(before["n"]),
         "reward_start": float(before["reward"]),
         "calibrated_reward_start": float(before["calibrated_reward"]),
@@ -184,8 +216,8 @@ def moving_average(values: Sequence[float], window: int) -> list[float]:
     return [sum(values[max(0, i - window + 1) : i + 1]) / (i + 1 - max(0, i - window + 1)) for i in range(len(values))]
 
 
-def plot(results: dict[str, Any], curves: dict[int, list[float]], out: Path) -> Path:
-    """``k_sweep.png``: held-out reward after training per K, and the training reward over steps."""
+def plot(results: dict[str, Any], curves: dict[int, dict[int, list[float]]], out: Path) -> Path:
+    """``k_sweep.png``: held-out reward after training per K (each seed and the mean), training reward over steps."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -193,22 +225,27 @@ def plot(results: dict[str, Any], curves: dict[int, list[float]], out: Path) -> 
 
     ks = sorted(int(k) for k in results["final_reward"])
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
-    left.plot(ks, [results["final_reward"][str(k)] for k in ks], marker="o", label="after training")
+    for k in ks:
+        per_seed = results["k"][str(k)]["reward_end_per_seed"]
+        left.scatter([k] * len(per_seed), per_seed, color="tab:blue", alpha=0.35, s=18)
+    left.plot(ks, [results["final_reward"][str(k)] for k in ks], marker="o", color="tab:blue",
+              label=f"after training (mean of {len(results['seeds'])} seeds; dots: each seed)")  # fmt: skip
     left.axhline(results["reward_start"], color="gray", linestyle="--", label="before training")
     left.set_xscale("log", base=2)
     left.set_xticks(ks, [str(k) for k in ks])
     left.set_xlabel("K (samples per prompt)")
     left.set_title(f"held-out reward ({results['eval_prompts']} prompts, greedy)")
-    left.legend()
+    left.legend(fontsize=8)
     left.grid(alpha=0.3)
     cmap = plt.get_cmap("viridis")
     for i, k in enumerate(ks):
-        curve = curves[k]
+        runs = list(curves[k].values())
+        curve = [mean(values) for values in zip(*runs, strict=True)]
         steps = range(1, len(curve) + 1)
         right.plot(steps, moving_average(curve, max(1, len(curve) // 8)), color=cmap(i / max(1, len(ks) - 1)),
                    label=f"K={k}")  # fmt: skip
     right.set_xlabel("step")
-    right.set_title("reward of the training samples (moving average)")
+    right.set_title("reward of the training samples (mean over seeds, moving average)")
     right.legend()
     right.grid(alpha=0.3)
     fig.suptitle(f"RAFT on {results['task']}: {results['steps']} steps x {results['prompts_per_step']} prompts")
@@ -239,30 +276,31 @@ def main(argv: Sequence[str] | None = None) -> int:
     start = json.loads((out / "eval_start.json").read_text(encoding="utf-8"))
     task, _ = only_task(start)
 
-    ends: dict[int, dict[str, Any]] = {}
-    curves: dict[int, list[float]] = {}
+    ends: dict[int, dict[int, dict[str, Any]]] = {}
+    curves: dict[int, dict[int, list[float]]] = {}
     seconds: dict[int, float] = {}
     batch_size = 0
     for k in args.ks:
-        run_dir = out / f"k{k}"
-        say(f"K={k}: training -> {run_dir}")
-        t0 = time.perf_counter()
-        # Plain progress lines into the log (a progress bar would look for a terminal).
-        train = ["train", str(CONFIG), *overrides(args), f"tasks.0.sampling.num_samples={k}",
-                 f"output_dir={run_dir}", "logging.progress=plain", "--fresh"]  # fmt: skip
-        cgpo(train, log_file=logs / f"train_k{k}.log")
-        seconds[k] = time.perf_counter() - t0
-        resolved = yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8"))
-        if resolved["tasks"][0]["sampling"]["num_samples"] != k:
-            raise RuntimeError(f"{run_dir}: the run did not use K={k}")
-        batch_size = int(resolved["tasks"][0]["batch_size"])
-        curves[k] = train_rewards(read_jsonl(run_dir / "metrics.jsonl"), task)
-        say(f"K={k}: held-out evaluation of {run_dir / 'final'}")
-        cgpo(["eval", str(CONFIG), *overrides(args), "--model", str(run_dir / "final"),
-              *eval_args(args, run_dir / "eval_end.json")], log_file=logs / f"eval_k{k}.log")  # fmt: skip
-        ends[k] = json.loads((run_dir / "eval_end.json").read_text(encoding="utf-8"))
-        _, after = only_task(ends[k])
-        say(f"K={k}: held-out reward {only_task(start)[1]['reward']:.3f} -> {after['reward']:.3f}")
+        ends[k], curves[k], seconds[k] = {}, {}, 0.0
+        for seed in args.seeds:
+            run_dir = out / f"k{k}_s{seed}"
+            say(f"K={k} seed {seed}: training -> {run_dir}")
+            t0 = time.perf_counter()
+            # Plain progress lines into the log (a progress bar would look for a terminal).
+            train = ["train", str(CONFIG), *overrides(args), f"tasks.0.sampling.num_samples={k}", f"training.seed={seed}",
+                     f"output_dir={run_dir}", "logging.progress=plain", "--fresh"]  # fmt: skip
+            cgpo(train, log_file=logs / f"train_k{k}_s{seed}.log")
+            seconds[k] += time.perf_counter() - t0
+            resolved = yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8"))
+            if resolved["tasks"][0]["sampling"]["num_samples"] != k or resolved["training"]["seed"] != seed:
+                raise RuntimeError(f"{run_dir}: the run did not use K={k} and seed {seed}")
+            batch_size = int(resolved["tasks"][0]["batch_size"])
+            curves[k][seed] = train_rewards(read_jsonl(run_dir / "metrics.jsonl"), task)
+            cgpo(["eval", str(CONFIG), *overrides(args), "--model", str(run_dir / "final"),
+                  *eval_args(args, run_dir / "eval_end.json")], log_file=logs / f"eval_k{k}_s{seed}.log")  # fmt: skip
+            ends[k][seed] = json.loads((run_dir / "eval_end.json").read_text(encoding="utf-8"))
+            say(f"K={k} seed {seed}: held-out reward {only_task(start)[1]['reward']:.3f} -> "
+                f"{only_task(ends[k][seed])[1]['reward']:.3f}")  # fmt: skip
 
     results = summarize(start, ends, curves, seconds, prompts_per_step=batch_size)
     check_results(results)
