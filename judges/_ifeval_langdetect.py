@@ -37,7 +37,7 @@ import re
 import sys
 import threading
 from array import array
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from operator import itemgetter
 from typing import Any
@@ -166,25 +166,54 @@ class _Draws:
         return True
 
 
+def _load_profiles() -> tuple[list[str], dict[str, int], Any]:
+    """The language profiles of langdetect as (languages, n-gram ids, probability matrix).
+
+    The same numbers ``DetectorFactory.load_profile`` computes, ``P(w | lang) = freq(w) / n_words[len(w) - 1]``
+    for n-grams of one to three characters (0 otherwise), with the languages in the order it reads the profile
+    files (``os.listdir``, which fixes the order of langdetect's sums). It builds one float64 matrix instead of
+    a Python list of floats per n-gram: 87,598 lists of 55 floats cost some 160 MB and, being tracked by the
+    garbage collector, tens of milliseconds per full collection. ``tests/judges/test_ifeval.py`` compares the
+    matrix with langdetect's own map.
+    """
+    import json
+    import os
+
+    import numpy as np
+    from langdetect.detector_factory import PROFILES_DIRECTORY
+
+    profiles = []
+    for filename in os.listdir(PROFILES_DIRECTORY):
+        path = os.path.join(PROFILES_DIRECTORY, filename)
+        if filename.startswith(".") or not os.path.isfile(path):
+            continue
+        with open(path, encoding="utf-8") as f:
+            profiles.append(json.load(f))
+    langs = [profile["name"] for profile in profiles]
+    gram_id: dict[str, int] = {}
+    for profile in profiles:
+        for gram in profile["freq"]:
+            gram_id.setdefault(gram, len(gram_id))
+    matrix = np.zeros((len(gram_id), len(langs)))
+    for j, profile in enumerate(profiles):
+        n_words = profile["n_words"]
+        grams = [
+            (gram_id[w], 1.0 * freq / n_words[len(w) - 1]) for w, freq in profile["freq"].items() if 1 <= len(w) <= 3
+        ]
+        if grams:
+            rows, values = zip(*grams, strict=True)
+            matrix[list(rows), j] = values
+    return langs, gram_id, matrix
+
+
 class _Model:
     def __init__(self) -> None:
         import numpy as np
         from langdetect.detector import Detector
-        from langdetect.detector_factory import PROFILES_DIRECTORY, DetectorFactory
         from langdetect.utils.ngram import NGram
 
-        factory = DetectorFactory()  # a private factory: langdetect's global one is left untouched
-        factory.load_profile(PROFILES_DIRECTORY)
-        self.langs: list[str] = list(factory.langlist)
-        probs: dict[str, list[float]] = factory.word_lang_prob_map
-        # N-grams are numbered in profile order; row g of `rows` (and of `matrix`, once filled) is
-        # P(n-gram g | language) for each language in `langs` order.
-        self.gram_id: dict[str, int] = {gram: g for g, gram in enumerate(probs)}
-        self.rows: list[list[float]] = list(probs.values())
-        # Filled row by row when a word first yields an n-gram (converting all 87,598 rows up front takes about a
-        # second); np.empty leaves the untouched pages unallocated.
-        self.matrix = np.empty((len(self.rows), len(self.langs)))
-        self._filled = bytearray(len(self.rows))
+        # Row g of `matrix` is P(n-gram g | language) for each language in `langs` order.
+        self.langs, self.gram_id, self.matrix = _load_profiles()
         self.url_re: re.Pattern[str] = Detector.URL_RE
         self.mail_re: re.Pattern[str] = Detector.MAIL_RE
         self.normalize_vi: Callable[[str], str] = NGram.normalize_vi
@@ -196,19 +225,11 @@ class _Model:
         # detect_many reads draws off the stream and relies on NumPy's reduction order; otherwise text by text.
         self.vectorized = self.draws.valid and _numerics_match()
 
-    def fill(self, grams: Iterable[int]) -> None:
-        """Make sure ``matrix`` holds the rows of ``grams`` (idempotent, so concurrent calls are harmless)."""
-        filled, matrix, rows = self._filled, self.matrix, self.rows
-        for g in grams:
-            if not filled[g]:
-                matrix[g] = rows[g]
-                filled[g] = 1  # set after the row is written: a reader that sees 1 sees the row
-
     def nonzero_mask(self, gram: int) -> int:
         """Bit j set when language j gives n-gram ``gram`` a non-zero probability (memoised per n-gram)."""
         mask = self._masks.get(gram)
         if mask is None:
-            mask = sum(1 << j for j, q in enumerate(self.rows[gram]) if q)
+            mask = sum(1 << j for j in self.matrix[gram].nonzero()[0].tolist())
             self._masks[gram] = mask
         return mask
 
@@ -283,8 +304,6 @@ def _word_ngrams(model: _Model, word: str) -> tuple[bytes, bytes]:
         upper_before = upper
     tail = padded[-2:] + " "
     closing = [ids[gram] for gram in (tail[1:], tail) if gram in ids]
-    model.fill(inside)
-    model.fill(closing)
     return array("i", inside).tobytes(), array("i", inside + closing).tobytes()
 
 
@@ -320,7 +339,7 @@ def _trials(model: _Model, ngrams: list[int]) -> Iterator[list[float]]:
     updates between two convergence checks are applied in one pass per language, multiplying left to right
     as langdetect's five separate passes do. Sums run over all languages in profile order, as langdetect's.
     """
-    rows = model.rows
+    matrix = model.matrix
     n_langs = len(model.langs)
     mask = 0
     for gram in set(ngrams):
@@ -343,7 +362,7 @@ def _trials(model: _Model, ngrams: list[int]) -> Iterator[list[float]]:
         gram = draw(ngrams)
         row = reduced.get(gram)
         if row is None:
-            row = reduced[gram] = take(rows[gram])
+            row = reduced[gram] = take(matrix[gram].tolist())
         return row
 
     for _ in range(_TRIALS):
