@@ -114,6 +114,7 @@ class TaskScorer:
         *,
         generate_fn: Callable[[list[str]], Sequence[str]] | None = None,
         generator: str = "",
+        raw: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
         """Raw and calibrated rewards of B * K completions of B prompts (K consecutive ones per prompt).
 
@@ -123,6 +124,7 @@ class TaskScorer:
             verdicts: ``[B * K]`` combined verdicts (judge-only tasks derive their reward from them).
             generate_fn: Generates a_bar with the reference model (``generated`` baselines).
             generator: Identity of that generation, part of the baseline cache key.
+            raw: ``[N]`` raw rewards already computed (by :func:`score_together`); scored here when None.
 
         Returns:
             ``([N] raw rewards, [N] calibrated rewards, B baseline responses a_bar or empty strings)``.
@@ -131,12 +133,26 @@ class TaskScorer:
             rewards, calibrated = judge_only_rewards(verdicts)
             return rewards, calibrated, [r.reference or "" for r in prompts]
         k = len(texts) // len(prompts)
-        rewards = self.raw_rewards([r for r in prompts for _ in range(k)], texts)
+        rewards = raw if raw is not None else self.raw_rewards([r for r in prompts for _ in range(k)], texts)
         baselines, bar = self.baseline_rewards(prompts, generate_fn, generator)
         if self.task.reward.baseline == "none":
             baselines = [r.reference or "" for r in prompts]
         calibrated = calibrated_rewards(rewards.view(len(prompts), k), bar).flatten()
         return rewards, calibrated, baselines
+
+    def missing_reference_baselines(self, records: Sequence[PromptRecord]) -> list[tuple[str, str]]:
+        """Distinct (message, gold a_bar) pairs of ``reference`` baselines whose reward is not cached yet.
+
+        Empty for other baseline sources and for records without a gold response (:meth:`rewards` then
+        handles them, and reports a missing gold).
+        """
+        if self.task.reward.baseline != "reference" or self.reward_fn is None:
+            return []
+        out: dict[tuple[str, str], None] = {}
+        for r in records:
+            if r.reference and self.baselines.get_reward(r.message, r.reference, self.reward_identity) is None:
+                out[(r.message, r.reference)] = None
+        return list(out)
 
     def baseline_verdicts(self, records: Sequence[PromptRecord], baselines: Sequence[str]) -> torch.Tensor:
         """``[B]`` verdicts of each prompt's a_bar (for the CRRAFT fallback)."""
@@ -151,3 +167,48 @@ class TaskScorer:
 
     def close(self) -> None:
         self.mixture.close()
+
+
+def score_together(
+    jobs: Sequence[tuple[TaskScorer, Sequence[PromptRecord], Sequence[str]]],
+) -> list[torch.Tensor | None]:
+    """Raw rewards of several tasks' samples, with one reward-model call per shared reward model.
+
+    Args:
+        jobs: Per task ``(scorer, B records, B * K completions)``, K consecutive completions per record.
+
+    Returns:
+        Per job the ``[B * K]`` raw rewards, or ``None`` where the task's reward is not a reward model (its
+        :meth:`TaskScorer.rewards` computes them). Tasks whose reward is the same loaded model with the same
+        settings are scored in one batch, together with the gold baselines a_bar their caches still lack;
+        those are stored in the caches, so :meth:`TaskScorer.rewards` finds them. The scores are those of
+        separate calls: a reward model scores each sequence alone, whatever else is in the batch.
+    """
+    from cgpo.reward_models import RewardModel
+
+    out: list[torch.Tensor | None] = [None] * len(jobs)
+    shared: dict[tuple[int, Any], list[int]] = {}
+    for i, (scorer, _, _) in enumerate(jobs):
+        if isinstance(scorer.reward_fn, RewardModel):
+            shared.setdefault((id(scorer.reward_fn.model), scorer.reward_fn.settings), []).append(i)
+    for members in shared.values():
+        prompts: list[str] = []
+        completions: list[str] = []
+        spans, baselines = [], []
+        for i in members:
+            scorer, records, texts = jobs[i]
+            k = len(texts) // len(records) if records else 0
+            start = len(prompts)
+            prompts += [r.message for r in records for _ in range(k)]
+            completions += list(texts)
+            spans.append((i, start, len(prompts)))
+            for message, gold in scorer.missing_reference_baselines(records):
+                baselines.append((scorer, message, gold, len(prompts)))
+                prompts.append(message)
+                completions.append(gold)
+        scores = jobs[members[0]][0].reward_fn.score(prompts, completions)
+        for i, start, end in spans:
+            out[i] = scores[start:end].clone()
+        for scorer, message, gold, index in baselines:
+            scorer.baselines.put_reward(message, gold, scorer.reward_identity, float(scores[index]))
+    return out

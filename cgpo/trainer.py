@@ -7,22 +7,25 @@ Each step::
     for each task l:
     2. judge them with the task's mixture of judges (Kleene AND; -1 follows on_judge_failure)
     3. score them with the task's reward and calibrate: sigmoid(r(s,a) - r(s,a_bar))
-    4. log-probs at temperature 1 under the policy (with gradients) and the reference (without)
-    5. the task optimizer's loss L_l; backward(rho_l * L_l), normalized across processes
-    6. one clip, one optimizer step, one scheduler step for all tasks together
+       (tasks sharing a reward model are scored in one batch)
+    4. log-probs at temperature 1 under the policy (with gradients) and the reference (without), one forward
+       of each per generate call, the K completions of a prompt sharing one copy of it
+    5. the task optimizer's loss L_l, scaled by rho_l and normalized across processes
+    6. one backward of sum_l rho_l L_l; one clip, one optimizer step, one scheduler step for all tasks together
 
 Gradient normalization: each optimizer's loss is a mean over its own units (samples or kept prompts). Under
 DDP every process computes it on its own prompts, and DDP averages gradients over processes; we rescale
 each process's loss by ``units_local * world / units_global`` so that the update is exactly rho_l times the
 gradient of the mean over *all* units of all processes, even when processes keep different numbers of
-prompts (CODPO and CRRAFT skip some). Tasks after the first accumulate without synchronizing
-(``no_sync``); the last backward of the step synchronizes the accumulated gradients once.
+prompts (CODPO and CRRAFT skip some). The single backward of the weighted sum gives the sum of the per-task
+gradients and synchronizes once.
 
-Micro-batching (``training.micro_batch_size``): the loss of a task needs the whole batch (CRPG's baseline
-mean, CODPO's pairs), so it is computed on log-probs from a no-grad forward; its gradient with respect to
-those log-probs, c = dL/d(log pi), is then pushed through the model chunk by chunk as backward(sum c *
-log pi(chunk)). By the chain rule this is exactly the full-batch gradient, at the cost of one extra
-no-grad forward. Without micro-batching the loss backpropagates directly through a single forward.
+Micro-batching (``training.micro_batch_size``): tasks are updated one by one. The loss of a task needs the
+whole batch (CRPG's baseline mean, CODPO's pairs), so it is computed on log-probs from a no-grad forward;
+its gradient with respect to those log-probs, c = dL/d(log pi), is then pushed through the model chunk by
+chunk as backward(sum c * log pi(chunk)). By the chain rule this is exactly the full-batch gradient, at the
+cost of one extra no-grad forward. Tasks after the first accumulate without synchronizing (``no_sync``);
+the last backward of the step synchronizes the accumulated gradients once.
 
 The reference is a frozen copy of the initial policy, or, with LoRA, the same model with its adapters
 disabled (no second copy in memory). Checkpoints (:mod:`cgpo.checkpoint`) carry everything needed for an
@@ -53,7 +56,7 @@ from cgpo.metrics import MetricsWriter, PhaseTimer, Progress, RewardHackingMonit
 from cgpo.models import quiet_library_progress_bars, resolve_model_path
 from cgpo.optimizers import OPTIMIZERS, Optimizer, PolicyBatch
 from cgpo.rollout import Rollout, generate, left_pad, right_pad, token_logprobs
-from cgpo.scoring import TaskScorer
+from cgpo.scoring import TaskScorer, score_together
 
 Log = Callable[[str], None]
 
@@ -72,6 +75,37 @@ class TaskState:
     @property
     def name(self) -> str:
         return self.config.name
+
+
+@dataclass
+class RolloutGroup:
+    """One generate call: the tasks with these sampling settings, and each task's rows in the rollout."""
+
+    sampling: SamplingConfig
+    rollout: Rollout
+    tasks: list[TaskState]
+    rows: dict[str, slice]
+
+
+@dataclass
+class Scored:
+    """A task's samples after steps 1-3: its rollout rows, the mixture's verdicts and the rewards."""
+
+    task: TaskState
+    drawn: list[int]
+    records: list[PromptRecord]
+    group: RolloutGroup
+    rows: slice
+    rollout: Rollout
+    verdicts: torch.Tensor
+    mixture: MixtureResult
+    rewards: torch.Tensor
+    calibrated: torch.Tensor
+    baselines: list[str]
+
+
+#: What steps 4-5 give per task: (batch, tempered log-probs, loss value, optimizer stats, nonfinite flag).
+TaskUpdate = tuple[PolicyBatch, "torch.Tensor | None", float, dict[str, float], float]
 
 
 class TrainingInterrupted(Exception):
@@ -291,44 +325,77 @@ class CGPOTrainer:
         indices = task.sampler.next_batch(batch * self.world)
         return indices[self.rank * batch : (self.rank + 1) * batch]
 
-    def rollouts(self, drawn: dict[str, list[int]], timer: PhaseTimer) -> dict[str, Rollout]:
+    def rollouts(self, drawn: dict[str, list[int]], timer: PhaseTimer) -> list[RolloutGroup]:
         """1. Generate, one call per group of tasks with equal sampling settings."""
-        groups: dict[SamplingConfig, list[TaskState]] = {}
+        by_sampling: dict[SamplingConfig, list[TaskState]] = {}
         for task in self.tasks:
-            groups.setdefault(task.config.sampling, []).append(task)
-        out: dict[str, Rollout] = {}
+            by_sampling.setdefault(task.config.sampling, []).append(task)
+        groups = []
         with timer("generate"):
-            for sampling, tasks in groups.items():
+            for sampling, tasks in by_sampling.items():
                 prompts = [task.prompt_ids[i] for task in tasks for i in drawn[task.name]]
                 rollout = generate(self.unwrapped, self.tokenizer, prompts, sampling,
                                    max_batch_size=self.config.generation.max_batch_size)  # fmt: skip
-                start = 0
+                rows, start = {}, 0
                 for task in tasks:
-                    rows = len(drawn[task.name]) * sampling.num_samples
-                    out[task.name] = rollout.select(slice(start, start + rows))
-                    start += rows
-        return out
+                    count = len(drawn[task.name]) * sampling.num_samples
+                    rows[task.name] = slice(start, start + count)
+                    start += count
+                groups.append(RolloutGroup(sampling, rollout, tasks, rows))
+        return groups
+
+    def score(self, drawn: dict[str, list[int]], groups: list[RolloutGroup], timer: PhaseTimer) -> list[Scored]:
+        """2-3 for every task: judge its samples, then raw and calibrated rewards.
+
+        Tasks that share a reward model are scored in one call (with the gold baselines their caches lack).
+        """
+        located = {task.name: (group, group.rows[task.name]) for group in groups for task in group.tasks}
+        judged = []
+        for task in self.tasks:
+            group, rows = located[task.name]
+            rollout = group.rollout.select(rows)
+            records = [task.records[i] for i in drawn[task.name]]
+            samples = [r for r in records for _ in range(task.config.sampling.num_samples)]
+            with timer("judge"):
+                verdicts, mixture = task.scorer.judge(samples, rollout.texts)
+            judged.append((task, records, group, rows, rollout, verdicts, mixture))
+        scored = []
+        with timer("reward"):
+            raw = score_together([(task.scorer, records, rollout.texts) for task, records, _, _, rollout, _, _ in judged])
+            for (task, records, group, rows, rollout, verdicts, mixture), values in zip(judged, raw, strict=True):
+                cfg = task.config
+                rewards, calibrated, baselines = task.scorer.rewards(
+                    records, rollout.texts, verdicts, generate_fn=self._baseline_generator(cfg),
+                    generator=f"{self.policy_path}|{cfg.sampling}", raw=values,
+                )  # fmt: skip
+                scored.append(Scored(task, drawn[task.name], records, group, rows, rollout, verdicts, mixture,
+                                     rewards, calibrated, baselines))  # fmt: skip
+        return scored
 
     def train_step(self) -> dict[str, Any]:
         """One CGPO update over all tasks; returns the step's metrics (averaged over processes)."""
         started = time.perf_counter()
         timer = PhaseTimer()
         drawn = {task.name: self.draw(task) for task in self.tasks}
-        rollouts = self.rollouts(drawn, timer)
+        groups = self.rollouts(drawn, timer)
+        scored = self.score(drawn, groups, timer)
+        with timer("forward_backward"):
+            if self.config.training.micro_batch_size is None:
+                updates = self._update_together(scored, groups)
+            else:
+                updates = self._update_each(scored)
         metrics: dict[str, float] = {}
         nonfinite = torch.zeros((), device=self.accelerator.device)
         total_loss = 0.0
-        for position, task in enumerate(self.tasks):
-            last = position == len(self.tasks) - 1
-            sync = contextlib.nullcontext() if last else self.accelerator.no_sync(self.policy)
-            with sync:
-                loss, task_metrics, bad = self.task_update(task, drawn[task.name], rollouts[task.name], timer, last)
-            total_loss += task.config.weight * loss
+        for s, (batch, tempered, loss, stats, bad) in zip(scored, updates, strict=True):
+            total_loss += s.task.config.weight * loss
             nonfinite += bad
-            metrics.update(task_metrics)
+            metrics.update(
+                self._task_metrics(s.task.name, s.mixture, s.rewards, s.calibrated, batch, tempered, loss, stats)
+            )
         with timer("optimizer"):
             grad_norm = self._optimizer_step(nonfinite)
-        tokens = sum(int(r.completion_mask.sum()) for r in rollouts.values())
+        tokens = sum(int(g.rollout.completion_mask.sum()) for g in groups)
         metrics = self._reduce(metrics)
         tokens_all = self._reduce({"tokens": float(tokens)}, op="sum")["tokens"]
         seconds = time.perf_counter() - started
@@ -342,28 +409,68 @@ class CGPOTrainer:
             **metrics,
         }
 
-    def task_update(
-        self, task: TaskState, drawn: list[int], rollout: Rollout, timer: PhaseTimer, last: bool
-    ) -> tuple[float, dict[str, float], float]:
-        """2-5 for one task: judge, reward, log-probs, loss, weighted backward. Returns (loss, metrics, nonfinite)."""
-        cfg = task.config
-        k = cfg.sampling.num_samples
-        records = [task.records[i] for i in drawn]
-        samples = [r for r in records for _ in range(k)]
-        with timer("judge"):
-            verdicts, mixture = task.scorer.judge(samples, rollout.texts)
-        with timer("reward"):
-            rewards, calibrated, baselines = task.scorer.rewards(
-                records, rollout.texts, verdicts, generate_fn=self._baseline_generator(cfg),
-                generator=f"{self.policy_path}|{cfg.sampling}",
-            )  # fmt: skip
-        with timer("forward_backward"):
-            batch, tempered, baseline_args = self._policy_batch(
-                task, drawn, rollout, verdicts, rewards, calibrated, baselines
-            )
-            loss, stats, bad = self._backward(task, batch, rollout, baseline_args, last)
-        metrics = self._task_metrics(task.name, mixture, rewards, calibrated, batch, tempered, loss, stats)
-        return loss, metrics, bad
+    def _update_together(self, scored: list[Scored], groups: list[RolloutGroup]) -> list[TaskUpdate]:
+        """4-5 for all tasks at once: one reference and one policy forward per generation group, one backward.
+
+        The backward of sum_l scale_l * L_l gives exactly the sum of the per-task weighted gradients, and its
+        single synchronization replaces one per task.
+        """
+        logprobs = {id(g): self._logprobs(g.rollout, g.sampling, grad=True) for g in groups}
+        losses, updates = [], []
+        for s in scored:
+            pol_tok, hot, ref_tok = (t[s.rows] if t is not None else None for t in logprobs[id(s.group)])
+            batch, tempered, _ = self._policy_batch(s, pol_tok, hot, ref_tok, grad=True)
+            losses.append(self._task_loss(s.task, batch))
+            updates.append((batch, tempered))
+        scaled, out = self._scale_losses(scored, [b for b, _ in updates], losses)
+        self.accelerator.backward(torch.stack(scaled).sum())
+        return [(b, t, *o) for (b, t), o in zip(updates, out, strict=True)]
+
+    def _update_each(self, scored: list[Scored]) -> list[TaskUpdate]:
+        """4-5 task by task, with micro-batches (``training.micro_batch_size``).
+
+        A task's loss needs its whole batch (CRPG's baseline mean, CODPO's pairs), so it is computed on
+        log-probs from a no-grad forward; its gradient with respect to those log-probs, c = dL/d(log pi), is
+        then pushed through the model chunk by chunk as backward(sum c * log pi(chunk)). By the chain rule this
+        is exactly the full-batch gradient. A task whose rows fit one micro-batch backpropagates directly.
+        Tasks before the last accumulate without synchronizing; the step's last backward synchronizes.
+        """
+        updates: list[TaskUpdate] = []
+        for position, s in enumerate(scored):
+            last = position == len(scored) - 1
+            micro = self._micro_batches(s.rollout.completion_ids.shape[0])
+            with contextlib.nullcontext() if last else self.accelerator.no_sync(self.policy):
+                pol_tok, hot, ref_tok = self._logprobs(s.rollout, s.task.config.sampling, grad=not micro)
+                batch, tempered, baseline_args = self._policy_batch(s, pol_tok, hot, ref_tok, grad=not micro)
+                if micro:  # the loss on detached log-probs; its gradient is pushed through the model below
+                    batch.logps = batch.logps.detach().requires_grad_(True)
+                    if batch.baseline_logps is not None:
+                        batch.baseline_logps = batch.baseline_logps.detach().requires_grad_(True)
+                loss = self._task_loss(s.task, batch)
+                (scaled,), (out,) = self._scale_losses([s], [batch], [loss])
+                if micro:
+                    self._push_gradients(s, batch, scaled, baseline_args, last)
+                else:
+                    self.accelerator.backward(scaled)
+            updates.append((batch, tempered, *out))
+        return updates
+
+    def _logprobs(
+        self, rollout: Rollout, sampling: SamplingConfig, *, grad: bool
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+        """4. ``[N, C]`` token log-probs: policy (with gradients if ``grad``), its tempered ones, reference.
+
+        Log-probs are at temperature 1 for the policy and the reference, and also at the sampling temperature
+        for the policy (the KL metric's importance weights). The K completions of a prompt share one copy of it in these forwards (:func:`cgpo.rollout.token_logprobs`).
+        """
+        args = (rollout.prompt_ids, rollout.prompt_mask, rollout.completion_ids, rollout.completion_mask)
+        k = sampling.num_samples
+        with torch.no_grad(), self.reference_model() as reference:
+            ref_tok, _ = token_logprobs(reference, *args, group_size=k)
+        with contextlib.nullcontext() if grad else torch.no_grad():
+            model = self.policy if grad else self.unwrapped
+            pol_tok, hot = token_logprobs(model, *args, with_tempered=sampling.temperature, group_size=k)
+        return pol_tok, hot, ref_tok
 
     def _baseline_generator(self, cfg: TaskConfig) -> Callable[[list[str]], list[str]] | None:
         """a_bar ~ pi_ref(.|s), generated once per prompt with the task's sampling settings."""
@@ -379,56 +486,42 @@ class CGPOTrainer:
 
     def _policy_batch(
         self,
-        task: TaskState,
-        drawn: list[int],
-        rollout: Rollout,
-        verdicts: torch.Tensor,
-        rewards: torch.Tensor,
-        calibrated: torch.Tensor,
-        baselines: list[str],
+        s: Scored,
+        pol_tok: torch.Tensor,
+        hot: torch.Tensor | None,
+        ref_tok: torch.Tensor,
+        *,
+        grad: bool,
     ) -> tuple[PolicyBatch, torch.Tensor | None, tuple[torch.Tensor, ...] | None]:
         """The optimizer's [B, K] inputs, plus what the KL metric and micro-batching need.
 
-        Log-probs under the reference and the policy (with gradients unless micro-batching), rewards and
-        verdicts; the temperature-T log-probs (for the KL metric) and the a_bar forward inputs (CRRAFT).
+        Sequence log-probs under the policy and the reference, rewards and verdicts; the temperature-T
+        log-probs (for the KL metric) and the a_bar forward inputs (CRRAFT).
         """
-        cfg = task.config
-        b, k = len(drawn), cfg.sampling.num_samples
+        cfg = s.task.config
+        b, k = len(s.drawn), cfg.sampling.num_samples
         device = self.accelerator.device
-        args = (rollout.prompt_ids, rollout.prompt_mask, rollout.completion_ids, rollout.completion_mask)
-        # The K completions of a prompt share one copy of it in these forwards (rollout.token_logprobs).
-        with torch.no_grad(), self.reference_model() as reference:
-            ref_tok, _ = token_logprobs(reference, *args, group_size=k)
-        hot_t = cfg.sampling.temperature
-        if self._micro_batches(b * k):
-            with torch.no_grad():
-                pol_tok, hot = token_logprobs(self.unwrapped, *args, with_tempered=hot_t, group_size=k)
-        else:
-            pol_tok, hot = token_logprobs(self.policy, *args, with_tempered=hot_t, group_size=k)
         logps = pol_tok.sum(dim=1).view(b, k)
         batch = PolicyBatch(
             logps=logps,
             old_logps=logps.detach(),  # strictly on-policy: the sampling policy is the current one
             ref_logps=ref_tok.sum(dim=1).view(b, k),
-            rewards=rewards.to(device).view(b, k),
-            calibrated_rewards=calibrated.to(device).view(b, k),
-            verdicts=verdicts.to(device).view(b, k),
-            lengths=rollout.lengths.view(b, k),
+            rewards=s.rewards.to(device).view(b, k),
+            calibrated_rewards=s.calibrated.to(device).view(b, k),
+            verdicts=s.verdicts.to(device).view(b, k),
+            lengths=s.rollout.lengths.view(b, k),
             kl_threshold=cfg.kl_threshold,
         )
         tempered = hot.sum(dim=1).view(b, k) if hot is not None else None
-        baseline_args = (
-            self._add_baseline(task, drawn, baselines, batch) if task.optimizer.uses_baseline_response else None
-        )
+        baseline_args = self._add_baseline(s, batch, grad=grad) if s.task.optimizer.uses_baseline_response else None
         return batch, tempered, baseline_args
 
-    def _add_baseline(
-        self, task: TaskState, drawn: list[int], baselines: list[str], batch: PolicyBatch
-    ) -> tuple[torch.Tensor, ...]:
+    def _add_baseline(self, s: Scored, batch: PolicyBatch, *, grad: bool) -> tuple[torch.Tensor, ...]:
         """Log-probs of a_bar under the policy and the reference, and the mixture's verdict on it (CRRAFT fallback).
 
         A prompt without a_bar gets verdict -1, so it can never fall back. Returns the forward inputs.
         """
+        task, drawn, baselines = s.task, s.drawn, s.baselines
         present = [bool(text) for text in baselines]
         eos = self.tokenizer.eos_token or ""
         completions = [self.tokenizer(t + eos, add_special_tokens=False)["input_ids"] if t else [] for t in baselines]
@@ -438,13 +531,12 @@ class CGPOTrainer:
         args = (prompt_ids, prompt_mask, completion_ids, completion_mask)
         with torch.no_grad(), self.reference_model() as reference:
             ref_tok, _ = token_logprobs(reference, *args)
-        if self._micro_batches(len(drawn)):
+        if grad:
+            pol_tok, _ = token_logprobs(self.policy, *args)
+        else:
             with torch.no_grad():
                 pol_tok, _ = token_logprobs(self.unwrapped, *args)
-        else:
-            pol_tok, _ = token_logprobs(self.policy, *args)
-        records = [task.records[i] for i in drawn]
-        verdicts = task.scorer.baseline_verdicts(records, [t or " " for t in baselines]).to(device)
+        verdicts = task.scorer.baseline_verdicts(s.records, [t or " " for t in baselines]).to(device)
         absent = ~torch.tensor(present, device=device)
         batch.baseline_logps = pol_tok.sum(dim=1)
         batch.baseline_ref_logps = ref_tok.sum(dim=1)
@@ -456,42 +548,49 @@ class CGPOTrainer:
         size = self.config.training.micro_batch_size
         return size is not None and size < rows
 
-    def _backward(
-        self,
-        task: TaskState,
-        batch: PolicyBatch,
-        rollout: Rollout,
-        baseline_args: tuple[torch.Tensor, ...] | None,
-        last: bool,
-    ) -> tuple[float, dict[str, float], float]:
-        """5. The task's loss, normalized across processes, weighted by rho, backpropagated.
-
-        ``last``: this is the step's last task, whose last backward synchronizes gradients.
-        """
-        micro = self._micro_batches(batch.logps.numel())
-        if micro:  # the loss on detached log-probs, then its gradient pushed through the model chunk by chunk
-            batch.logps = batch.logps.detach().requires_grad_(True)
-            if batch.baseline_logps is not None:
-                batch.baseline_logps = batch.baseline_logps.detach().requires_grad_(True)
+    def _task_loss(self, task: TaskState, batch: PolicyBatch) -> tuple[Any, float, float]:
+        """5. The task optimizer's loss output, its value, and its number of units (samples or kept prompts)."""
         out = task.optimizer.loss(batch)
         units = float(out.stats.get("kept_samples", out.stats.get("kept_prompts", 1.0)))
-        global_units = self._reduce({"units": units}, op="sum")["units"]
-        scale = task.config.weight * units * self.world / global_units if global_units > 0 else 0.0
-        loss_value = float(out.loss.detach())
-        bad = 0.0
-        scaled = out.loss * scale
-        if not math.isfinite(loss_value):
-            # Every process must still run the same backward calls: back-propagate a zero instead.
-            self.log(f"warning: task {task.name}: non-finite loss at step {self.step + 1}; the step is skipped")
-            scaled, bad = batch.logps.sum() * 0.0, 1.0
-        if not micro:
-            self.accelerator.backward(scaled)
-            return loss_value, out.stats, bad
+        return out, float(out.loss.detach()), units
+
+    def _scale_losses(
+        self, scored: list[Scored], batches: list[PolicyBatch], losses: list[tuple[Any, float, float]]
+    ) -> tuple[list[torch.Tensor], list[tuple[float, dict[str, float], float]]]:
+        """rho_l * L_l normalized across processes (one reduction for all tasks), or a zero if L_l is not finite.
+
+        Returns the scaled losses to backpropagate and, per task, (loss value, optimizer stats, nonfinite flag).
+        """
+        units = self._reduce({s.task.name: u for s, (_, _, u) in zip(scored, losses, strict=True)}, op="sum")
+        scaled, out = [], []
+        for s, batch, (loss_out, value, local_units) in zip(scored, batches, losses, strict=True):
+            global_units = units[s.task.name]
+            scale = s.task.config.weight * local_units * self.world / global_units if global_units > 0 else 0.0
+            loss = loss_out.loss * scale
+            bad = 0.0
+            if not math.isfinite(value):
+                # Every process must still run the same backward calls: back-propagate a zero instead.
+                self.log(f"warning: task {s.task.name}: non-finite loss at step {self.step + 1}; the step is skipped")
+                loss, bad = batch.logps.sum() * 0.0, 1.0
+            scaled.append(loss)
+            out.append((value, loss_out.stats, bad))
+        return scaled, out
+
+    def _push_gradients(
+        self,
+        s: Scored,
+        batch: PolicyBatch,
+        scaled: torch.Tensor,
+        baseline_args: tuple[torch.Tensor, ...] | None,
+        last: bool,
+    ) -> None:
+        """backward(sum_i c_i * log pi(a_i|s_i)) with c = d(scaled loss)/d(log pi), chunk by chunk."""
         leaves = [batch.logps] + ([batch.baseline_logps] if batch.baseline_logps is not None else [])
         grads = torch.autograd.grad(scaled, leaves, allow_unused=True)
         coef = grads[0] if grads[0] is not None else torch.zeros_like(batch.logps)
+        rollout = s.rollout
         rollout_args = (rollout.prompt_ids, rollout.prompt_mask, rollout.completion_ids, rollout.completion_mask)
-        pushes = [(rollout_args, coef.flatten(), task.config.sampling.num_samples)]
+        pushes = [(rollout_args, coef.flatten(), s.task.config.sampling.num_samples)]
         if baseline_args is not None and batch.baseline_logps is not None:
             # Every process must make the same DDP forward/backward calls: push a zero coefficient when this
             # process's loss did not use a_bar (e.g. a non-finite loss replaced by a zero).
@@ -499,7 +598,6 @@ class CGPOTrainer:
             pushes.append((baseline_args, base, 1))
         for i, (args, c, k) in enumerate(pushes):
             self._push_gradient(args, c, k, final=last and i == len(pushes) - 1)
-        return loss_value, out.stats, bad
 
     def _push_gradient(self, args: tuple[torch.Tensor, ...], coef: torch.Tensor, k: int, *, final: bool) -> None:
         """backward(sum_i coef_i * log pi(a_i|s_i)) over micro-batches of rows: the chain rule, chunk by chunk.
