@@ -253,19 +253,57 @@ def test_registered_and_contract() -> None:
     assert IFEvalJudge.kind == "rule" and IFEvalJudge.Params is IFEvalParams and IFEvalJudge.description
 
 
-def test_fast_language_detection_equals_langdetect(shared_data: Path) -> None:
+@pytest.fixture(scope="module")
+def langdetect_factory() -> Any:
+    """A private langdetect factory with seed 0, as the reference's ``DetectorFactory.seed = 0``."""
     from langdetect import DetectorFactory
     from langdetect.detector_factory import PROFILES_DIRECTORY
-    from langdetect.lang_detect_exception import LangDetectException
 
-    from cgpo_judges._ifeval_langdetect import UndetectableLanguage, detect, detect_many
-
-    factory = DetectorFactory()  # private factory with seed 0, as the reference's DetectorFactory.seed = 0
+    factory = DetectorFactory()
     factory.load_profile(PROFILES_DIRECTORY)
     factory.set_seed(0)
+    return factory
+
+
+def _synthetic_texts(factory: Any) -> list[str]:
+    """Texts in every profile language's script (words of characters drawn by P(char | language)), mixtures of
+    two languages (slow trials that often reach the iteration limit), short and all-caps texts, texts with a URL
+    and an e-mail address, decomposed Vietnamese and lone surrogates."""
+    import random
+    import unicodedata
+
+    rng = random.Random(12345)
+    probs, langs = factory.word_lang_prob_map, factory.langlist
+    chars = {
+        j: [(g, p[j]) for g, p in probs.items() if len(g) == 1 and g != " " and p[j] > 0] for j in range(len(langs))
+    }
+
+    def words(j: int, n: int) -> str:
+        alphabet, weights = zip(*chars[j], strict=True)
+        return " ".join("".join(rng.choices(alphabet, weights, k=rng.randint(1, 8))) for _ in range(n))
+
+    texts = []
+    for j in range(len(langs)):
+        texts += [words(j, 2), words(j, 20), words(j, 5).upper() + " see http://example.com/x?y=1 or mail a.b@c.org"]
+        if j % 4 == 0:  # mixtures are slow for langdetect (trials run to its iteration limit): a few suffice
+            texts.append(words(j, 8) + " " + words(rng.randrange(len(langs)), 8))
+    texts += [unicodedata.normalize("NFD", "Tiếng Việt có dấu, ngôn ngữ"), "abc \ud800 日本語 \udfff text", "A", "I"]
+    return texts
+
+
+@pytest.mark.slow  # langdetect itself on ~400 texts: about 10 s on a shared 2-core machine
+def test_fast_language_detection_equals_langdetect(shared_data: Path, langdetect_factory: Any) -> None:
+    from langdetect.lang_detect_exception import LangDetectException
+
+    import cgpo_judges._ifeval_langdetect as fast
+    from cgpo_judges._ifeval_langdetect import UndetectableLanguage, detect, detect_many
+    from cgpo_judges.ifeval import _loose_variants
+
+    # The vectorised path is the one under test: the stream and NumPy checks hold on this interpreter.
+    assert fast._get_model().vectorized
 
     def reference(text: str) -> str | None:
-        detector = factory.create()
+        detector = langdetect_factory.create()
         detector.append(text)
         try:
             return str(detector.detect())
@@ -280,11 +318,53 @@ def test_fast_language_detection_equals_langdetect(shared_data: Path) -> None:
 
     rows = [json.loads(line) for line in (shared_data / "ifeval" / "responses_gpt4.jsonl").open()]
     texts = [r["response"] for r in rows[::9]] + [r["prompt"] for r in rows[::27]]
+    texts += [v for r in rows[5::40] for v in _loose_variants(r["response"])]
     texts += ["", "123 !!", "Привет, как дела?", "日本語のテキストです", "HELLO THERE WORLD", "Tiếng Việt có dấu"]
-    mismatches = [(t[:60], reference(t), ours(t)) for t in texts if reference(t) != ours(t)]
+    texts += _synthetic_texts(langdetect_factory)
+    expected = [reference(t) for t in texts]
+    assert len(set(expected)) > 40  # most profile languages, "unknown" and undetectable texts among them
+    mismatches = [(t[:60], e, ours(t)) for t, e in zip(texts, expected, strict=True) if e != ours(t)]
     assert not mismatches
-    # The batched path (all texts' trials in lockstep) gives the same answers as one text at a time.
-    assert detect_many(texts) == [ours(t) for t in texts]
+    # The batched path (all texts' trials in lockstep, the last one alone) gives the same answers, in one batch,
+    # in small batches, and with a stream window so short that every text's draws must be extended.
+    assert detect_many(texts) == expected
+    assert [x for i in range(0, len(texts), 3) for x in detect_many(texts[i : i + 3])] == expected
+    window = fast._WINDOW
+    fast._WINDOW = 40
+    try:
+        assert detect_many(texts) == expected
+    finally:
+        fast._WINDOW = window
+
+
+def test_profiles_equal_langdetects(langdetect_factory: Any) -> None:
+    from cgpo_judges._ifeval_langdetect import _load_profiles
+
+    langs, gram_id, matrix = _load_profiles()
+    assert langs == langdetect_factory.langlist and len(langs) == 55
+    probs = langdetect_factory.word_lang_prob_map
+    assert gram_id.keys() == probs.keys()
+    assert all(matrix[g].tolist() == probs[gram][: len(langs)] for gram, g in gram_id.items())
+
+
+def test_loose_rounds_equal_one_by_one_evaluation() -> None:
+    # Language checks that fail on the first variants make the judge detect in several rounds; the verdicts
+    # equal instruction_results, which detects each text on its own when a check asks for it.
+    ids = ["language:response_language", "change_case:english_lowercase", "change_case:english_capital"]
+    kwargs: list[dict[str, Any]] = [{"language": "de"}, {}, {}]
+    texts = [
+        "Title line\n*Der Hund* läuft schnell über die grüne Wiese.\nlast LINE",
+        "FIRST\nthe quick brown fox jumps\nover the lazy dog\nEND",
+        "**BOLD HEADER**\nDIE KATZE SCHLÄFT AUF DEM SOFA\nfin",
+        EN,
+    ]
+    verdicts = IFEvalJudge(mode="loose")(
+        ["p"] * len(texts), texts, [{"instruction_id_list": ids, "kwargs": kwargs}] * 4
+    )
+    for text, verdict in zip(texts, verdicts, strict=True):
+        alone = instruction_results(text, ids, kwargs, "loose")
+        assert verdict.value == int(all(alone)), (text, verdict.reason, alone)
+        assert verdict.reason.endswith("[" + " ".join(f"{i}={int(f)}" for i, f in zip(ids, alone, strict=True)) + "]")
 
 
 def test_deterministic() -> None:
