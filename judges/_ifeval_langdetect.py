@@ -2,31 +2,40 @@
 
 IFEval's language checks (``language:response_language``, ``change_case:english_capital``,
 ``change_case:english_lowercase``) call ``langdetect.detect``. Its verdicts depend on langdetect's exact
-random sampling, so an approximation would disagree with the reference on borderline texts. This module
-re-implements langdetect 1.0.9's ``Detector.detect`` step for step with the same profiles, the same
-``random.Random(seed)`` call sequence and the same floating-point operations in the same order, so it returns
-the identical language (``tests/judges/test_ifeval.py`` checks equality with langdetect itself):
+random sampling, so an approximation would disagree with the reference on borderline texts. langdetect itself
+is too slow for the judge's budget (a fresh ``Detector`` per text, pure-Python loops over 55 languages per
+pick: about two thirds of a strict IFEval batch), so this module re-implements langdetect 1.0.9's
+``Detector.detect`` step for step with the same profiles, the same ``random.Random(seed)`` draws and the same
+floating-point operations in the same order, and returns the identical language (``tests/judges/test_ifeval.py``
+checks equality with langdetect itself on IFEval responses, prompts and loose variants and on synthetic texts
+in every profile language):
 
 1. Text preparation as langdetect: URLs and e-mail addresses become spaces, Vietnamese combining marks are
-   composed, the text is cut to 10,000 characters and runs of spaces collapse.
+   composed, the text is cut to 10,000 characters and runs of spaces collapse (each pass is skipped when the
+   text cannot contain what it replaces).
 2. Non-Latin scripts: when fewer than half as many Latin letters as non-Latin characters remain, Latin
    letters are dropped (skipped for ASCII text, where it never applies).
 3. N-grams: each character is normalised with langdetect's ``NGram.normalize`` (memoised per character);
    then per space-separated word ``w`` (with ``w_0 = " "``), position ``i`` yields ``w_i``, ``w_{i-1}w_i``
    and ``w_{i-2}w_{i-1}w_i`` unless ``w_{i-1}`` and ``w_i`` are both upper-case, and a word followed by a
    space also yields its last one or two characters plus that space; only n-grams in the profiles count.
-   This is langdetect's character-by-character state machine, evaluated per word (memoised per word).
+   This is langdetect's character-by-character state machine, evaluated per word (memoised per word, as
+   int32 profile row numbers).
 4. Seven trials: ``alpha = 0.5 + 0.05 * gauss()``; repeatedly pick a random n-gram and multiply each
    language's probability by ``alpha / 10000 + P(ngram | language)``; after the first pick and every fifth
    after it, normalise and stop when the largest probability exceeds 0.99999 (or after 1,000 picks). The
    result is the language with the largest mean probability over trials, if that is above 0.1. We stop
    after fewer trials once no remaining trial can change the answer (:func:`_decision`).
 
-:func:`detect` does one text (list comprehensions over the 55 languages instead of langdetect's index loops,
-five updates per pass, all-zero languages updated once): about 3x langdetect. :func:`detect_many` runs many
-texts' trials in lockstep on numpy arrays (the same IEEE operations elementwise): about 6x langdetect per
-text on a batch of IFEval responses. The profiles load once per process, lazily, under a lock; the memo
-tables only cache pure functions, so both functions are safe to call from several threads.
+:func:`detect` does one text with Python floats (list comprehensions over the languages, five updates per
+pass, all-zero languages updated once): about 3x langdetect. :func:`detect_many`, which the judge uses, runs
+many texts' trials in lockstep on NumPy arrays. Every text starts from ``random.Random(0)``, so all share one
+stream of Mersenne Twister outputs; :class:`_Draws` holds its start and reads each text's picks and ``gauss``
+weights off it (CPython's ``choice``, ``random`` and ``gauss`` are simple functions of those outputs, checked
+against ``random.Random`` when the model loads), which turns the per-pick interpreter work into array
+indexing. The profiles load once per process (:func:`_load_profiles`), lazily, under a lock; the memo tables
+only cache pure functions of a character or word, never results per text, so both functions are safe to call
+from several threads.
 """
 
 from __future__ import annotations

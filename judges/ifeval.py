@@ -22,9 +22,12 @@ re-implement the reference behaviour without NLTK; language identification is la
 (:mod:`cgpo_judges._ifeval_langdetect`). On the 541 IFEval prompts with GPT-4's responses the strict and loose
 verdicts equal the reference's (``tests/judges/test_ifeval.py``).
 
-Language detection dominates the cost, so a call first collects the texts whose language its checks will
-certainly need and detects them in one batch. The judge keeps no state between calls: checkers are immutable
-closures and the language cache lives for one call, so one instance can be shared between threads.
+Language detection is the largest cost, so a call detects in batches: every check runs as far as the languages
+already detected allow, then all the texts the checks are waiting for are detected at once
+(:func:`~cgpo_judges._ifeval_langdetect.detect_many`) and the checks resume (:class:`_Progress`): one round in
+strict mode, at most a few in loose mode. The checks see the same languages and try the same variants as
+one-by-one evaluation. The judge keeps no state between calls: checkers are immutable closures and the
+language cache lives for one call, so one instance can be shared between threads.
 """
 
 from __future__ import annotations
@@ -298,7 +301,7 @@ class IFEvalJudge(Judge):
                     except Exception as exc:  # noqa: BLE001
                         verdicts[index] = _checker_failed(exc)
                 break
-        return [v for v in verdicts if v is not None]
+        return [v if v is not None else failed("internal: sample left unresolved") for v in verdicts]
 
     def _prepare(self, completion: Any, meta: Mapping[str, Any]) -> Verdict | tuple[list[str], list[Check]]:
         """The sample's instruction ids and checkers, or a -1 verdict when they are unusable."""
