@@ -114,11 +114,25 @@ def _last_ascii_whitespace_finder(text: str) -> Callable[[int, int], int]:
 
 def _boundaries(text: str) -> list[tuple[int, int]]:
     """Sentence spans before realignment, as untrained Punkt computes them."""
+    # The word before each candidate starts after the last whitespace; when there is none since the previous
+    # candidate, both candidates share one word and only the later one is decided (Punkt's overlap rule).
+    last_whitespace = _last_ascii_whitespace_finder(text)
+    to_decide: list[tuple[re.Match[str], int]] = []
+    prev: re.Match[str] | None = None
+    prev_start = prev_stop = 0
+    for match in _CANDIDATE.finditer(text):
+        stop = match.start()
+        ws = last_whitespace(prev_stop, stop)
+        word_start = ws + 1 if ws > prev_stop else prev_start
+        if prev is not None and prev_stop <= word_start:
+            to_decide.append((prev, prev_start))
+        prev, prev_start, prev_stop = match, word_start, stop
+    if prev is not None:
+        to_decide.append((prev, prev_start))
+
     spans: list[tuple[int, int]] = []
     last_break = 0
-
-    def decide(match: re.Match[str], word_start: int) -> None:
-        nonlocal last_break
+    for match, word_start in to_decide:
         # "?" and "!" are always tokens of their own and always break when something follows (a candidate
         # always has a following token). So does a period after a word of two or more letters: "word." is one
         # token, neither an initial nor a number. Only other periods need their context tokenized.
@@ -128,22 +142,10 @@ def _boundaries(text: str) -> list[tuple[int, int]]:
             or (len(word) > 1 and word.isalpha())
             or _context_breaks(word + "." + match.group("after"))
         ):
-            spans.append((last_break, match.end()))
-            last_break = match.start("next") if match.group("next") else match.end()
-
-    # The word before each candidate starts after the last whitespace; when there is none since the previous
-    # candidate, both candidates share one word and only the later one is decided (Punkt's overlap rule).
-    last_whitespace = _last_ascii_whitespace_finder(text)
-    prev: re.Match[str] | None = None
-    prev_start = prev_stop = 0
-    for match in _CANDIDATE.finditer(text):
-        ws = last_whitespace(prev_stop, match.start())
-        word_start = ws + 1 if ws > prev_stop else prev_start
-        if prev is not None and prev_stop <= word_start:
-            decide(prev, prev_start)
-        prev, prev_start, prev_stop = match, word_start, match.start()
-    if prev is not None:
-        decide(prev, prev_start)
+            end = match.end()
+            spans.append((last_break, end))
+            following = match.start("next")  # -1 when the candidate is followed by a non-word mark
+            last_break = following if following >= 0 else end
     spans.append((last_break, len(text.rstrip())))
     return spans
 
