@@ -228,21 +228,50 @@ class _Args:
 # --- keywords --------------------------------------------------------------------------------------------
 
 
+# The keyword checks match case-insensitively (re.IGNORECASE). When the keyword and the text are both ASCII, that
+# is plain equality after str.lower() (IGNORECASE's Unicode equivalences such as "ſ" ~ "s" or the Kelvin sign ~ "k"
+# need a non-ASCII character on one side), so a substring test or count on the lower-cased text gives the same
+# answer much faster; otherwise, or to confirm a whole-word match, the regex runs.
+
+
 def _keywords_existence(a: _Args) -> Check:
-    patterns = [re.compile(re.escape(k), re.IGNORECASE) for k in a.words("keywords")]
-    return lambda text, _: all(p.search(text) for p in patterns)
+    keywords = a.words("keywords")
+    patterns = [(k.lower(), k.isascii(), re.compile(re.escape(k), re.IGNORECASE)) for k in keywords]
+
+    def check(text: str, _: LanguageFn) -> bool:
+        lowered = text.lower() if text.isascii() else None
+        return all(k in lowered if ascii_ and lowered is not None else p.search(text) for k, ascii_, p in patterns)
+
+    return check
 
 
 def _keywords_frequency(a: _Args) -> Check:
-    pattern = re.compile(re.escape(a.text("keyword").strip()), re.IGNORECASE)
+    keyword = a.text("keyword").strip()
+    lowered_keyword, pattern = keyword.lower(), re.compile(re.escape(keyword), re.IGNORECASE)
     n, rel = a.count("frequency"), a.relation("relation")
-    # Substring occurrences, as the reference counts them ("the" also counts inside "there").
-    return lambda text, _: rel(len(pattern.findall(text)), n)
+
+    # Substring occurrences, as the reference counts them ("the" also counts inside "there"): non-overlapping,
+    # left to right, which is what both findall and str.count count.
+    def check(text: str, _: LanguageFn) -> bool:
+        if keyword.isascii() and text.isascii():
+            return rel(text.lower().count(lowered_keyword), n)
+        return rel(len(pattern.findall(text)), n)
+
+    return check
 
 
 def _forbidden_words(a: _Args) -> Check:
-    patterns = [re.compile(r"\b" + re.escape(w) + r"\b", re.IGNORECASE) for w in a.words("forbidden_words")]
-    return lambda text, _: not any(p.search(text) for p in patterns)
+    words = a.words("forbidden_words")
+    patterns = [(w.lower(), w.isascii(), re.compile(r"\b" + re.escape(w) + r"\b", re.IGNORECASE)) for w in words]
+
+    def check(text: str, _: LanguageFn) -> bool:
+        lowered = text.lower() if text.isascii() else None
+        # A whole-word match needs the word as a substring: where that test is exact, it saves the regex scan.
+        return not any(
+            p.search(text) for w, ascii_, p in patterns if not (ascii_ and lowered is not None and w not in lowered)
+        )
+
+    return check
 
 
 def _letter_frequency(a: _Args) -> Check:

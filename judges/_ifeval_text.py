@@ -43,8 +43,18 @@ __all__ = ["count_capital_words", "count_sentences", "count_words", "split_sente
 _WORD = re.compile(r"\w+")
 
 
+# ASCII word characters (what \w matches among ASCII characters) -> "a", every other ASCII character -> " ".
+_ASCII_WORDS = {c: "a" if chr(c).isalnum() or chr(c) == "_" else " " for c in range(128)}
+
+
 def count_words(text: str) -> int:
-    r"""Number of ``\w+`` runs (letters, digits, underscore; Unicode-aware), IFEval's word count."""
+    r"""Number of ``\w+`` runs (letters, digits, underscore; Unicode-aware), IFEval's word count.
+
+    For ASCII text the runs are counted as the words of a copy with word characters turned into "a" and all
+    others into spaces (the same count, several times faster than the regex).
+    """
+    if text.isascii():
+        return len(text.translate(_ASCII_WORDS).split())
     return len(_WORD.findall(text))
 
 
