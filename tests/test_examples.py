@@ -164,6 +164,9 @@ def test_k_sweep_summary_and_check(tmp_path):
     assert row["reward_end_per_seed"] == [pytest.approx(0.4), pytest.approx(0.6)]
     assert row["reward_end_std"] == pytest.approx(0.1)
     assert row["train_reward_last"] == pytest.approx(1.2 + 0.5)  # the last quarter (one step), mean over seeds
+    assert row["judge_violation_rate_end"] == {"ifeval": 1.0} and results["judge_violation_rate_start"] == {
+        "ifeval": 1.0
+    }
     sweep.check_results(results)
     json.dumps(results)
     with pytest.raises(ValueError, match=r"final_reward\.2"):

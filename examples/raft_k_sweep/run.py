@@ -18,11 +18,11 @@ of the same K can end 0.5 apart).
 3. ``OUT/results.json``::
 
        {"task", "steps", "prompts_per_step", "seeds", "eval_prompts",
-        "reward_start", "calibrated_reward_start", "pass_rate_start",
+        "reward_start", "calibrated_reward_start", "pass_rate_start", "judge_violation_rate_start": {judge: rate},
         "final_reward": {"1": mean over seeds, "2": ..., "4": ..., "8": ...},
         "k": {"1": {"reward_end", "reward_end_per_seed", "reward_end_std", "calibrated_reward_end",
-                    "pass_rate_end", "response_length_end", "train_reward_first", "train_reward_last",
-                    "train_seconds"}, ...}}
+                    "pass_rate_end", "response_length_end", "judge_violation_rate_end": {judge: rate},
+                    "train_reward_first", "train_reward_last", "train_seconds"}, ...}}
 
    (every ``*_end`` and ``train_*`` value a mean over seeds; ``train_seconds`` their total) and ``k_sweep.png``
    (held-out reward after training against K, each seed and the mean; training-sample reward over steps).
@@ -182,6 +182,9 @@ def summarize(
             "calibrated_reward_end": mean([float(r["calibrated_reward"]) for r in rows]),
             "pass_rate_end": mean([float(r["pass_rate"]) for r in rows]),
             "response_length_end": mean([float(r["response_length"]) for r in rows]),
+            "judge_violation_rate_end": {
+                label: mean([float(r["judges"][label]["violation_rate"]) for r in rows]) for label in before["judges"]
+            },
             "train_reward_first": mean([curves[k][seed][0] for seed in seeds]),
             "train_reward_last": mean([mean(tail) for tail in tails]),
             "train_seconds": round(seconds[k], 1),
@@ -195,6 +198,7 @@ def summarize(
         "reward_start": float(before["reward"]),
         "calibrated_reward_start": float(before["calibrated_reward"]),
         "pass_rate_start": float(before["pass_rate"]),
+        "judge_violation_rate_start": {label: float(j["violation_rate"]) for label, j in before["judges"].items()},
         "final_reward": {k: v["reward_end"] for k, v in per_k.items()},
         "k": per_k,
     }
@@ -245,7 +249,7 @@ def plot(results: dict[str, Any], curves: dict[int, dict[int, list[float]]], out
         right.plot(steps, moving_average(curve, max(1, len(curve) // 8)), color=cmap(i / max(1, len(ks) - 1)),
                    label=f"K={k}")  # fmt: skip
     right.set_xlabel("step")
-    right.set_title("reward of the training samples (mean over seeds, moving average)")
+    right.set_title("training-sample reward (mean over seeds, moving avg.)")
     right.legend()
     right.grid(alpha=0.3)
     fig.suptitle(f"RAFT on {results['task']}: {results['steps']} steps x {results['prompts_per_step']} prompts")
