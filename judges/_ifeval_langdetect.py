@@ -682,6 +682,7 @@ def detect_many(texts: Sequence[str]) -> list[str | None]:
     stack[0] = 1.0 / n_langs
     first: list[int] = list(range(len(jobs)))  # rows whose next update is their trial's first (one pick)
     step = 0
+    prob = np.empty((len(running), n_langs), order="F")
     next_limit = _LIMIT_BLOCKS + 1  # the earliest step at which some running trial reaches the limit
     safe = 0  # steps that certainly read inside every running text's arrays (each step reads <= 5 further)
     while len(running) > 1:
@@ -703,16 +704,17 @@ def detect_many(texts: Sequence[str]) -> list[str | None]:
             stack[2:, first] = 1.0  # multiplying by 1.0 is exact
             picks[:, first] -= 4  # one pick consumed, not five
             first = []
-        prob = np.empty((len(running), n_langs), order="F")  # column-major: see _row_sums
+        if prob.shape[0] != len(running):
+            prob = np.empty((len(running), n_langs), order="F")  # column-major: see _row_sums
         np.multiply.reduce(stack, axis=0, out=prob)
-        np.divide(prob, _row_sums(prob)[:, None], out=stack[0])
+        np.divide(prob, prob.sum(axis=1)[:, None] if _SEQUENTIAL_SUM else _row_sums(prob)[:, None], out=stack[0])
         picks += 5
         step += 1
-        ending = stack[0].max(axis=1) > _CONV_THRESHOLD
         if step >= next_limit:
-            ending |= limit <= step
-        ended = ending.nonzero()[0]
-        if not len(ended):
+            ended = ((stack[0].max(axis=1) > _CONV_THRESHOLD) | (limit <= step)).nonzero()[0]
+        elif stack[0].max() > _CONV_THRESHOLD:  # one reduction decides whether any row converged
+            ended = (stack[0].max(axis=1) > _CONV_THRESHOLD).nonzero()[0]
+        else:
             continue
         which = running[ended]
         means[which] += stack[0, ended] / _TRIALS  # langdetect's langprob[j] += prob[j] / n_trial
