@@ -384,7 +384,8 @@ class TrainingConfig:
         save_every: Write a checkpoint every N steps (0: none on the way); the last step and a Ctrl-C always
             write one, so a finished or interrupted run can be resumed.
         keep_checkpoints: How many recent checkpoints to keep.
-        eval_every: Evaluate on the eval splits every N steps (none: never during training).
+        eval_every: Evaluate on the eval splits every N steps, before the first and after the last (none or 0:
+            never during training).
         lora: LoRA settings; none trains all weights.
     """
 
@@ -417,7 +418,7 @@ class TrainingConfig:
         _positive("micro_batch_size", self.micro_batch_size)
         _positive("save_every", self.save_every, allow_zero=True)
         _positive("keep_checkpoints", self.keep_checkpoints)
-        _positive("eval_every", self.eval_every)
+        _positive("eval_every", self.eval_every, allow_zero=True)
 
 
 @dataclass(frozen=True)

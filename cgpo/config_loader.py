@@ -71,9 +71,35 @@ def _resolve_include(entry: SourcedDict, file: Path, stack: tuple[Path, ...]) ->
     top = SourcedDict({k: v for k, v in entry.items() if k != "include"})
     top.origins = {k: v for k, v in entry.origins.items() if k != "include"}
     top.origin = entry.origin
-    merged: SourcedDict = _merge(base, top)
+    merged: SourcedDict = _merge(_without_replaced_blocks(base, top), top)
     merged.origin = base.origin  # the task's own file is where its keys live
     return merged
+
+
+def _without_replaced_blocks(base: SourcedDict, top: Mapping[str, Any]) -> SourcedDict:
+    """``base`` minus the parts that ``top`` replaces rather than refines.
+
+    Deep-merging is right for tweaks (``sampling: {temperature: 0.7}``) but wrong when the including file
+    switches implementation: ``optimizer: {name: raft}`` must not inherit the base's CODPO ``params``, and
+    ``reward: {function: ...}`` must not keep the base's ``model`` (the merged task would have both). Such a
+    block is taken whole from ``top``.
+    """
+    out = SourcedDict(base)
+    out.origins, out.origin = dict(base.origins), base.origin
+    base_opt, top_opt = base.get("optimizer"), top.get("optimizer")
+    if isinstance(base_opt, Mapping) and isinstance(top_opt, Mapping):
+        if "name" in top_opt and top_opt["name"] != base_opt.get("name"):
+            del out["optimizer"]
+    base_reward, top_reward = base.get("reward"), top.get("reward")
+    if isinstance(base_reward, SourcedDict) and isinstance(top_reward, Mapping):
+        for kind, other in (("model", "function"), ("function", "model")):
+            if top_reward.get(kind) is not None and base_reward.get(other) is not None:
+                # The base's implementation and its params go; its calibration settings stay.
+                trimmed = SourcedDict({k: v for k, v in base_reward.items() if k not in (other, "params")})
+                trimmed.origins = {k: v for k, v in base_reward.origins.items() if k in trimmed}
+                trimmed.origin = base_reward.origin
+                out["reward"] = trimmed
+    return out
 
 
 def _resolve_data_paths(task: Any) -> None:

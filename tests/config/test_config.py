@@ -105,6 +105,23 @@ def test_task_include_merges_a_base_file(folder):
     assert task.name == "arith2" and task.sampling.num_samples == 8 and task.judges[0].name == "math"
 
 
+def test_include_switching_optimizer_or_reward_kind_replaces_the_block(folder):
+    # Refining a block deep-merges; switching implementation must not inherit the base's params.
+    base = TASK.replace("optimizer: crpg", "optimizer: {name: codpo, params: {beta: 0.2}}")
+    write(folder, "task.yaml", base + "reward: {model: tiny:reward, baseline: none, batch_size: 4}\n")
+    write(
+        folder,
+        "variant.yaml",
+        "include: task.yaml\noptimizer: {name: raft}\nreward: {function: length_penalty, params: {max_length: 9}}\n",
+    )
+    task = load_task_config(folder / "variant.yaml")
+    assert task.optimizer.name == "raft" and task.optimizer.params == {}
+    assert task.reward.model is None and task.reward.function == "length_penalty"
+    assert task.reward.baseline == "none" and task.reward.batch_size == 4  # calibration settings still merge
+    write(folder, "same.yaml", "include: task.yaml\noptimizer: {name: codpo, params: {lam: 2.0}}\n")
+    assert load_task_config(folder / "same.yaml").optimizer.params == {"beta": 0.2, "lam": 2.0}
+
+
 def test_include_cycle_is_reported(folder):
     write(folder, "a.yaml", "include: b.yaml\n")
     write(folder, "b.yaml", "include: a.yaml\n")
@@ -191,3 +208,8 @@ def test_override_can_replace_the_task_list_with_task_files(folder):
     assert [t.name for t in config.tasks] == ["other", "arith"]
     err = error_of(load_run_config, folder / "run.yaml", ["tasks=[missing.yaml]"])
     assert "missing.yaml" in err.reason
+
+
+def test_zero_means_off_for_both_periodic_settings(folder):
+    config = load_run_config(folder / "run.yaml", ["training.eval_every=0", "training.save_every=0"])
+    assert config.training.eval_every == 0 and config.training.save_every == 0
