@@ -87,9 +87,13 @@ def _without_replaced_blocks(base: SourcedDict, top: Mapping[str, Any]) -> Sourc
     out = SourcedDict(base)
     out.origins, out.origin = dict(base.origins), base.origin
     base_opt, top_opt = base.get("optimizer"), top.get("optimizer")
-    if isinstance(base_opt, Mapping) and isinstance(top_opt, Mapping):
-        if "name" in top_opt and top_opt["name"] != base_opt.get("name"):
-            del out["optimizer"]
+    if (
+        isinstance(base_opt, Mapping)
+        and isinstance(top_opt, Mapping)
+        and "name" in top_opt
+        and top_opt["name"] != base_opt.get("name")
+    ):
+        del out["optimizer"]
     base_reward, top_reward = base.get("reward"), top.get("reward")
     if isinstance(base_reward, SourcedDict) and isinstance(top_reward, Mapping):
         for kind, other in (("model", "function"), ("function", "model")):
