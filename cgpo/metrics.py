@@ -137,7 +137,11 @@ def _slope(values: list[float]) -> float:
 class Progress:
     """A rich progress bar with ETA on a terminal; plain log lines otherwise (or when asked)."""
 
-    def __init__(self, mode: str, total: int, start: int, log: Callable[[str], None], stream: TextIO = sys.stderr):
+    def __init__(
+        self, mode: str, total: int, start: int, log: Callable[[str], None], stream: TextIO | None = None
+    ) -> None:
+        # sys.stderr is looked up now, not bound at import: callers may have redirected it since.
+        stream = sys.stderr if stream is None else stream
         self.log = log
         use_bar = mode == "bar" or (mode == "auto" and stream.isatty())
         self.enabled = mode != "none"
