@@ -5,9 +5,14 @@ A, B, A, B, ..., so that load from other processes hits both alike; figures are 
 
 Phases are measured the same way for every framework, by wrapping the objects both of them call:
 
-* ``generate``: ``model.generate`` of the policy (everything inside, its own forward passes included);
+* ``generate``: ``model.generate`` of the policy (everything inside, its own forward passes included), and
+  cgpo's prompt prefill before it (``cgpo.rollout._prefill``: generation work that TRL does inside
+  ``generate``);
 * ``forward_policy``, ``forward_reference``, ``forward_reward``: ``forward`` of the policy, the reference
-  and the reward model, outside ``generate``;
+  and the reward model, outside ``generate``. TRL patches the policy's and the reference's ``forward`` with
+  a fused LM head that also takes the log-softmax at the completion tokens;
+* ``logprobs``: cgpo's log-softmax at the completion tokens (``cgpo.rollout.completion_logprobs``), which it
+  computes after the forward from the logits: the same work TRL's fused forward does inside;
 * ``backward``: ``accelerator.backward``;
 * ``optimizer``: ``accelerator.clip_grad_norm_`` and ``optimizer.step``;
 * ``rule_reward``: the rule judge (the math judge, in both programs through the same cgpo judge class).
@@ -35,8 +40,12 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 TASKS = REPO / "tasks"
-COUNTED = ("generate", "forward_policy", "forward_reference", "forward_reward", "backward", "optimizer")
+COUNTED = ("generate", "forward_policy", "forward_reference", "forward_reward", "logprobs", "backward", "optimizer")
 PHASES = (*COUNTED, "rule_reward")
+#: Small enough that the policy stays where it started during a benchmark: every program then samples from
+#: the same distribution (the same completion lengths on average), whatever its loss. The work of a step
+#: does not depend on the learning rate.
+LEARNING_RATE = 1.0e-6
 
 
 class PhaseClock:
@@ -46,9 +55,12 @@ class PhaseClock:
     seconds when other programs load the machine; with one torch thread they are the load-robust view.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, sync: Callable[[], None] | None = None) -> None:
         self.seconds: dict[str, float] = defaultdict(float)
         self._inside = False
+        # On a GPU, calls return before the kernels finish: ``sync`` (torch.cuda.synchronize) at both ends of
+        # a timed call attributes the time to the right phase (and costs a little).
+        self.sync = sync
 
     def wrap(self, obj: Any, attr: str, phase: str) -> None:
         """Replace ``obj.attr`` (a bound method or callable attribute) by a timed version on this instance."""
@@ -63,15 +75,38 @@ class PhaseClock:
             if self._inside:
                 return fn(*args, **kwargs)
             self._inside = True
+            if self.sync is not None:
+                self.sync()
             start, cpu = time.perf_counter(), time.process_time()
             try:
                 return fn(*args, **kwargs)
             finally:
+                if self.sync is not None:
+                    self.sync()
                 self.seconds[phase] += time.perf_counter() - start
                 self.seconds[f"cpu_{phase}"] += time.process_time() - cpu
                 self._inside = False
 
         return wrapper
+
+    def wrap_generate(self, model: Any) -> None:
+        """Time ``model.generate`` and count the completion tokens it returns (rows x new columns, padding included).
+
+        The count shows whether two programs did the same amount of decoding: completion lengths are random,
+        and every row of a batch runs until the longest one stops.
+        """
+        self.wrap(model, "generate", "generate")
+        timed = model.generate
+
+        @functools.wraps(timed)
+        def generate(*args: Any, **kwargs: Any) -> Any:
+            out = timed(*args, **kwargs)
+            prompt = kwargs.get("input_ids", args[0] if args else None)
+            if prompt is not None and hasattr(out, "shape"):
+                self.seconds["generated_tokens"] += out.shape[0] * (out.shape[1] - prompt.shape[1])
+            return out
+
+        model.generate = generate
 
     def snapshot(self) -> dict[str, float]:
         return dict(self.seconds)
@@ -86,6 +121,8 @@ class StepRecorder:
         self.mark()
 
     def mark(self) -> None:
+        if self.clock.sync is not None:
+            self.clock.sync()
         self.marks.append((time.perf_counter(), time.process_time(), self.clock.snapshot()))
 
     def steps(self, warmup: int) -> list[dict[str, float]]:
@@ -96,10 +133,18 @@ class StepRecorder:
             for phase in PHASES:
                 for key in (phase, f"cpu_{phase}"):
                     row[key] = c1.get(key, 0.0) - c0.get(key, 0.0)
+            row["generated_tokens"] = c1.get("generated_tokens", 0.0) - c0.get("generated_tokens", 0.0)
             row["overhead"] = row["step"] - sum(row[p] for p in COUNTED)
             row["cpu_overhead"] = row["cpu_step"] - sum(row[f"cpu_{p}"] for p in COUNTED)
             out.append(row)
         return out[warmup:]
+
+
+def make_clock(device: str) -> PhaseClock:
+    """A phase clock that synchronizes CUDA around timed calls when the run is on a GPU."""
+    import torch
+
+    return PhaseClock(sync=torch.cuda.synchronize if device == "cuda" else None)
 
 
 def set_threads(threads: int) -> None:
@@ -136,7 +181,7 @@ def cgpo_config(
     policy: str,
     dtype: str,
     steps: int,
-    learning_rate: float = 2.0e-4,
+    learning_rate: float = LEARNING_RATE,
     extra_training: dict[str, Any] | None = None,
 ) -> Any:
     """A validated cgpo :class:`RunConfig` (written to ``out_dir/run.yaml`` first, as a user would)."""
@@ -169,8 +214,13 @@ def cgpo_config(
 
 def instrument_cgpo(trainer: Any, clock: PhaseClock) -> StepRecorder:
     """Wrap a set-up :class:`cgpo.trainer.CGPOTrainer`'s models, backward, optimizer, judges and step."""
+    import cgpo.rollout
+
     policy = trainer.unwrapped
-    clock.wrap(policy, "generate", "generate")
+    clock.wrap_generate(policy)
+    for name, phase in (("_prefill", "generate"), ("completion_logprobs", "logprobs")):
+        if hasattr(cgpo.rollout, name):  # absent in older versions of cgpo (benchmarked for before/after figures)
+            clock.wrap(cgpo.rollout, name, phase)
     clock.wrap(policy, "forward", "forward_policy")
     if trainer.reference is not None:
         clock.wrap(trainer.reference, "forward", "forward_reference")
@@ -197,7 +247,9 @@ def instrument_cgpo(trainer: Any, clock: PhaseClock) -> StepRecorder:
     return recorder
 
 
-def run_cgpo_steps(config: Any, *, warmup: int) -> tuple[list[dict[str, float]], list[dict[str, Any]], Any]:
+def run_cgpo_steps(
+    config: Any, *, warmup: int, device: str = "cpu"
+) -> tuple[list[dict[str, float]], list[dict[str, Any]], Any]:
     """Train a cgpo run config with instrumentation; returns (measured steps, cgpo's own time/* rows, trainer)."""
     from cgpo.trainer import CGPOTrainer
 
@@ -205,7 +257,7 @@ def run_cgpo_steps(config: Any, *, warmup: int) -> tuple[list[dict[str, float]],
     trainer.setup()
     for task in trainer.tasks:
         warm_judges(task.scorer.mixture)
-    clock = PhaseClock()
+    clock = make_clock(device)
     recorder = instrument_cgpo(trainer, clock)
     try:
         trainer.train()
@@ -228,6 +280,7 @@ def summarize_run(steps: list[dict[str, float]]) -> dict[str, Any]:
         "cpu_step_median_s": statistics.median(s["cpu_step"] for s in steps),
         "phases_mean_s": {k: sum(s[k] for s in steps) / len(steps) for k in KEYS},
         "cpu_phases_mean_s": {k: sum(s[f"cpu_{k}"] for s in steps) / len(steps) for k in KEYS},
+        "generated_tokens_mean": sum(s["generated_tokens"] for s in steps) / len(steps),
         "overhead_fraction": sum(s["overhead"] for s in steps) / total if total > 0 else 0.0,
         "cpu_overhead_fraction": sum(s["cpu_overhead"] for s in steps) / cpu_total if cpu_total > 0 else 0.0,
     }

@@ -49,6 +49,7 @@ def _task_override(args: argparse.Namespace, reward_model: str) -> dict[str, Any
         "batch_size": args.batch,
         "sampling": {"num_samples": args.k, "temperature": args.temperature, "max_new_tokens": args.max_new_tokens},
         "reward": {"model": reward_model, "baseline": "reference"},
+        "prompts": {"shuffle": False},  # prompts in file order in both programs: the same prompts every step
     }
 
 
@@ -62,16 +63,10 @@ def worker_cgpo(args: argparse.Namespace) -> dict[str, Any]:
     policy, reward = _models(args)
     config = common.cgpo_config(
         Path(args.scratch), tasks=[_task_override(args, reward)], policy=policy, dtype=args.dtype,
-        steps=args.warmup + args.steps,
+        steps=args.warmup + args.steps, extra_training={"seed": args.seed},
     )  # fmt: skip
-    steps, own, _ = common.run_cgpo_steps(config, warmup=args.warmup)
-    return {"steps": steps, "own_phases": own, "tokens_per_step": _tokens(Path(config.output_dir))}
-
-
-def _tokens(run_dir: Path) -> float:
-    """Mean completion tokens per step, from cgpo's metrics (tokens/s times seconds)."""
-    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    return sum(r["tokens_per_s"] * r["time/step"] for r in rows) / len(rows)
+    steps, own, _ = common.run_cgpo_steps(config, warmup=args.warmup, device=args.device)
+    return {"steps": steps, "own_phases": own}
 
 
 def worker_trl(args: argparse.Namespace) -> dict[str, Any]:
@@ -90,7 +85,7 @@ def worker_trl(args: argparse.Namespace) -> dict[str, Any]:
     for spec in task.judges:  # the task's own judges, built as cgpo's TaskScorer builds them
         cls = JUDGES.get(spec.name)
         judges[spec.metric_label] = cls(cls.parse_params(spec.params))
-    clock = common.PhaseClock()
+    clock = common.make_clock(args.device)
     rule = GRPORewardFunction(judges, failed=None)
     common.warm_judges(rule.mixture)
     timed_rule = clock.timed(rule.__call__, "rule_reward")
@@ -111,7 +106,7 @@ def worker_trl(args: argparse.Namespace) -> dict[str, Any]:
         top_p=1.0,
         top_k=0,
         beta=TRL_BETA,
-        learning_rate=2.0e-4,
+        learning_rate=common.LEARNING_RATE,
         lr_scheduler_type="constant",
         max_grad_norm=1.0,
         max_steps=args.warmup + args.steps,
@@ -123,11 +118,12 @@ def worker_trl(args: argparse.Namespace) -> dict[str, Any]:
         use_cpu=args.device == "cpu",
         activation_checkpointing=False,
         dataloader_pin_memory=False,
-        seed=0,
+        seed=args.seed,
+        shuffle_dataset=False,  # file order, as cgpo is told above: the same prompts every step
         model_init_kwargs={"dtype": "bfloat16" if bf16 else "float32"},
     )
     trainer = GRPOTrainer(model=policy, reward_funcs=[timed_rule, reward], args=config, train_dataset=dataset)
-    clock.wrap(trainer.model, "generate", "generate")
+    clock.wrap_generate(trainer.model)
     clock.wrap(trainer.model, "forward", "forward_policy")
     clock.wrap(trainer.ref_model, "forward", "forward_reference")
     reward_model = trainer.reward_funcs[1]
@@ -183,6 +179,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reward-model", help="reward model path (default: the embedded tiny reward model)")
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     parser.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32")
+    parser.add_argument("--seed", type=int, default=0, help="round r runs both programs with seed + r")
     parser.add_argument("--timeout", type=float, default=900.0, help="seconds allowed per worker process")
     parser.add_argument("--worker", choices=["cgpo", "trl"], help=argparse.SUPPRESS)
     parser.add_argument("--result", help=argparse.SUPPRESS)
@@ -196,7 +193,8 @@ def main(argv: list[str] | None = None) -> int:
         Path(args.result).write_text(json.dumps(out))
         return 0
 
-    common.tiny_paths()  # build the tiny models once, before any timing
+    if not (args.model and args.reward_model):
+        common.tiny_paths()  # build the tiny models once, before any timing
     shared = [
         "--steps", str(args.steps), "--warmup", str(args.warmup), "--batch", str(args.batch), "--k", str(args.k),
         "--max-new-tokens", str(args.max_new_tokens), "--temperature", str(args.temperature),
@@ -209,12 +207,13 @@ def main(argv: list[str] | None = None) -> int:
     runs: dict[str, list[dict[str, Any]]] = {"cgpo": [], "trl": []}
     for round_ in range(args.rounds):
         for name in ("cgpo", "trl"):
-            result = common.run_worker(Path(__file__), ["--worker", name, *shared], threads=args.threads,
+            # Both programs of a round share a seed; rounds differ, so the medians span several sample draws.
+            seeded = [*shared, "--seed", str(args.seed + round_)]
+            result = common.run_worker(Path(__file__), ["--worker", name, *seeded], threads=args.threads,
                                        device=args.device, timeout=args.timeout)  # fmt: skip
             summary = common.summarize_run(result["steps"])
             summary["peak_rss_mb"] = result["peak_rss_mb"]
             if name == "cgpo":
-                summary["tokens_per_step"] = result["tokens_per_step"]
                 summary["own_phases_mean_s"] = {
                     k: sum(r[k] for r in result["own_phases"]) / len(result["own_phases"])
                     for k in result["own_phases"][0]
@@ -233,7 +232,6 @@ def main(argv: list[str] | None = None) -> int:
         return common.median([r[field] for r in runs[name]])
 
     ratios, cpu_ratios = ratios_of("step_median_s"), ratios_of("cpu_step_median_s")
-    cgpo_tokens = common.median([r["tokens_per_step"] for r in runs["cgpo"]])
     summary = {
         "cgpo_step_s": median_of("cgpo", "step_median_s"),
         "trl_step_s": median_of("trl", "step_median_s"),
@@ -253,9 +251,12 @@ def main(argv: list[str] | None = None) -> int:
             k: common.median([r["own_phases_mean_s"][k] for r in runs["cgpo"]])
             for k in runs["cgpo"][0]["own_phases_mean_s"]
         },
-        "cgpo_completion_tokens_per_s": cgpo_tokens
-        / common.median([r["phases_mean_s"]["step"] for r in runs["cgpo"]]),
         "peak_rss_mb": {name: max(r["peak_rss_mb"] for r in runs[name]) for name in runs},
+        "generated_tokens_per_step": {name: median_of(name, "generated_tokens_mean") for name in runs},
+        "generated_tokens_per_s": {
+            name: common.median([r["generated_tokens_mean"] / r["phases_mean_s"]["step"] for r in runs[name]])
+            for name in runs
+        },
         "runs": runs,
         "settings": {k: v for k, v in vars(args).items() if k not in ("worker", "result", "scratch", "out")}
         | {"trl_beta": TRL_BETA},
@@ -263,6 +264,10 @@ def main(argv: list[str] | None = None) -> int:
         "load_after": common.load_average(),
     }
     print(table(summary))
+    tokens = summary["generated_tokens_per_step"]
+    rate = summary["generated_tokens_per_s"]
+    print(f"generated tokens per step (rows x new columns): cgpo {tokens['cgpo']:.0f}, TRL {tokens['trl']:.0f}; "
+          f"per second of training: cgpo {rate['cgpo']:.0f}, TRL {rate['trl']:.0f}")  # fmt: skip
     print(f"load average before: {load_before}; after: {summary['load_after']}")
     if args.out:
         args.out.write_text(json.dumps(summary, indent=2, default=str) + "\n")

@@ -247,6 +247,25 @@ def token_logprobs(
         logits = model(**kwargs).logits
         # The token at position t is predicted by the logits at t - 1.
         logits = logits[:, logits.shape[1] - width - 1 : -1, :].float()
+    return completion_logprobs(logits, completion_ids, completion_mask, temperature, with_tempered)
+
+
+def completion_logprobs(
+    logits: torch.Tensor,
+    completion_ids: torch.Tensor,
+    completion_mask: torch.Tensor,
+    temperature: float = 1.0,
+    with_tempered: float | None = None,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``[N, C]`` log softmax(logits / T) at the completion tokens, zero where masked (and at ``with_tempered``).
+
+    Args:
+        logits: ``[N, C, V]`` float logits, row t predicting completion token t.
+        completion_ids: ``[N, C]`` the tokens.
+        completion_mask: ``[N, C]`` 1 for real tokens.
+        temperature: T of the returned log-probs.
+        with_tempered: Also return detached log-probs at this temperature.
+    """
     targets = completion_ids.unsqueeze(-1)
     scaled = logits / temperature if temperature != 1.0 else logits
     logps = torch.gather(scaled, -1, targets).squeeze(-1) - torch.logsumexp(scaled, dim=-1)

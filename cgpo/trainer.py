@@ -157,9 +157,15 @@ class CGPOTrainer:
         self._load_models()
         self.tasks = [self._build_task(task) for task in self.config.tasks]
         params = [p for p in self.policy.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.AdamW(
-            params, lr=cfg.learning_rate, betas=tuple(cfg.adam_betas), weight_decay=cfg.weight_decay
+        # The fused AdamW kernel (one kernel for all parameters) where it is known to apply: plain or DDP
+        # replicas of floating-point parameters; sharded (FSDP) parameters keep the default implementation.
+        fused = self.accelerator.distributed_type.name in ("NO", "MULTI_CPU", "MULTI_GPU") and all(
+            p.is_floating_point() for p in params
         )
+        self.optimizer = torch.optim.AdamW(
+            params, lr=cfg.learning_rate, betas=tuple(cfg.adam_betas), weight_decay=cfg.weight_decay,
+            fused=True if fused else None,
+        )  # fmt: skip
         from transformers import get_scheduler
 
         # Not passed to accelerator.prepare: its wrapper steps the scheduler once per process.
