@@ -707,7 +707,8 @@ def detect_many(texts: Sequence[str]) -> list[str | None]:
         if prob.shape[0] != len(running):
             prob = np.empty((len(running), n_langs), order="F")  # column-major: see _row_sums
         np.multiply.reduce(stack, axis=0, out=prob)
-        np.divide(prob, prob.sum(axis=1)[:, None] if _SEQUENTIAL_SUM else _row_sums(prob)[:, None], out=stack[0])
+        sums = prob.sum(axis=1) if _SEQUENTIAL_SUM else _row_sums(prob)  # _row_sums, inlined for the common case
+        np.divide(prob, sums[:, None], out=stack[0])
         picks += 5
         step += 1
         if step >= next_limit:
