@@ -167,6 +167,11 @@ def load_reward_model(path: str | Path, **settings: Any) -> RewardModel:
     return RewardModel(RewardModelSettings(path=str(path), **settings))
 
 
+def _prompt_key(prompt: Prompt) -> Any:
+    """A hashable stand-in for a prompt: the text, or a canonical JSON of a message list."""
+    return prompt if isinstance(prompt, str) else json.dumps(list(prompt), sort_keys=True, default=str)
+
+
 def _messages(prompt: Prompt, completion: str) -> list[dict[str, str]]:
     """The conversation the RM's chat template renders: the prompt (text or messages), then the completion."""
     messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else [dict(m) for m in prompt]
@@ -277,21 +282,33 @@ class RewardModel:
 
         Returns:
             ``[N]`` float32 CPU tensor, in input order.
+
+        Identical (prompt, completion) pairs are formatted and scored once (K samples of a prompt often
+        repeat a short answer): the score of a sequence does not depend on the rest of its batch.
         """
         import torch
 
         if len(prompts) != len(completions):
             raise ValueError(f"{len(prompts)} prompts and {len(completions)} completions; they must match")
-        encoded = self.encode_batch(prompts, completions)
+        first: dict[tuple[Any, str], int] = {}
+        representative: list[int] = []  # the first occurrence of each distinct pair
+        slot = []  # the distinct pair of each input
+        for i, (prompt, completion) in enumerate(zip(prompts, completions, strict=True)):
+            key = (_prompt_key(prompt), completion)
+            if key not in first:
+                first[key] = len(representative)
+                representative.append(i)
+            slot.append(first[key])
+        encoded = self.encode_batch([prompts[i] for i in representative], [completions[i] for i in representative])
         order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
-        out = torch.empty(len(encoded), dtype=torch.float32)
+        scores = torch.empty(len(encoded), dtype=torch.float32)
         step = self.settings.batch_size
         with torch.no_grad():
             for start in range(0, len(order), step):
                 chunk = order[start : start + step]
                 logits = self.model(**self._pad([encoded[i] for i in chunk])).logits  # [b, 1]
-                out[torch.tensor(chunk, dtype=torch.long)] = logits[:, 0].float().cpu()
-        return out
+                scores[torch.tensor(chunk, dtype=torch.long)] = logits[:, 0].float().cpu()
+        return scores[torch.tensor(slot, dtype=torch.long)] if len(representative) < len(slot) else scores
 
     def __call__(
         self,
