@@ -206,7 +206,11 @@ class _Checker:
         machines = tree.get("num_machines", 1)
         where = f" on {machines} machines" if machines > 1 else ""
         count = f"{processes} process{'es' if processes != 1 else ''}" if processes else "--num_processes at launch"
-        return f"accelerate config: {detail}, {count}{where}, {precision}"
+        summary = f"accelerate config: {detail}, {count}{where}, {precision}"
+        if distributed == DistributedType.DEEPSPEED.value:
+            # Valid for accelerate, but the trainer refuses it: say so now rather than only at launch.
+            summary += "; note: cgpo train does not support DeepSpeed yet (use DDP or FSDP)"
+        return summary
 
     def _mixed_precision(self) -> str:
         choices = _launch_arguments()[0]["mixed_precision"].choices or ()

@@ -25,7 +25,10 @@ def test_every_shipped_accelerate_config_validates(capsys):
     assert code == 0, err
     assert out.count(": ok (accelerate config: ") == len(ACCELERATE_CONFIGS), out
     assert "fsdp.yaml: ok (accelerate config: FSDP2 full shard, 8 processes, bf16)" in out
-    assert "deepspeed_zero3.yaml: ok (accelerate config: DeepSpeed ZeRO-3, 8 processes, bf16)" in out
+    assert (
+        "deepspeed_zero3.yaml: ok (accelerate config: DeepSpeed ZeRO-3, 8 processes, bf16; note: cgpo train does not "
+        "support DeepSpeed yet (use DDP or FSDP))" in out
+    )
 
 
 @pytest.mark.parametrize("path", ACCELERATE_CONFIGS, ids=lambda p: p.name)
