@@ -236,7 +236,9 @@ class RewardModel:
             texts = [self.format(p, c) for p, c in zip(prompts, completions, strict=True)]
         # The chat template writes its own special tokens (BOS included); adding them again would
         # double the BOS, which the RM never saw in training.
-        encoded = self.tokenizer(texts, add_special_tokens=not self.use_chat_template)["input_ids"]
+        encoded = self.tokenizer(texts, add_special_tokens=not self.use_chat_template, return_attention_mask=False)[
+            "input_ids"
+        ]
         return [self._finish(list(ids)) for ids in encoded]
 
     def _finish(self, ids: list[int]) -> list[int]:

@@ -367,7 +367,9 @@ class CGPOTrainer:
             judged.append((task, records, group, rows, rollout, verdicts, mixture))
         scored = []
         with timer("reward"):
-            raw = score_together([(task.scorer, records, rollout.texts) for task, records, _, _, rollout, _, _ in judged])
+            raw = score_together(
+                [(task.scorer, records, rollout.texts) for task, records, _, _, rollout, _, _ in judged]
+            )
             for (task, records, group, rows, rollout, verdicts, mixture), values in zip(judged, raw, strict=True):
                 cfg = task.config
                 rewards, calibrated, baselines = task.scorer.rewards(
@@ -624,7 +626,10 @@ class CGPOTrainer:
     def _optimizer_step(self, nonfinite: torch.Tensor) -> float:
         """6. Clip once and step once; skip the step on every process if any saw a non-finite loss or norm."""
         max_norm = self.config.training.max_grad_norm
-        params = [p for p in self.policy.parameters() if p.requires_grad]
+        cached = getattr(self, "_trainable", None)
+        if cached is None or cached[0] is not self.policy:  # listed once per wrapper (FSDP replaces parameters)
+            cached = self._trainable = (self.policy, [p for p in self.policy.parameters() if p.requires_grad])
+        params = cached[1]
         if max_norm is not None:
             norm = self.accelerator.clip_grad_norm_(params, max_norm)
         else:
