@@ -426,8 +426,9 @@ class CGPOTrainer:
         logprobs = {id(g): self._logprobs(g.rollout, g.sampling, grad=True) for g in groups}
         losses, updates = [], []
         for s in scored:
-            pol_tok, hot, ref_tok = (t[s.rows] if t is not None else None for t in logprobs[id(s.group)])
-            batch, tempered, _ = self._policy_batch(s, pol_tok, hot, ref_tok, grad=True)
+            pol_all, hot_all, ref_all = logprobs[id(s.group)]
+            hot = hot_all[s.rows] if hot_all is not None else None
+            batch, tempered, _ = self._policy_batch(s, pol_all[s.rows], hot, ref_all[s.rows], grad=True)
             losses.append(self._task_loss(s.task, batch))
             updates.append((batch, tempered))
         scaled, out = self._scale_losses(scored, [b for b, _ in updates], losses)
@@ -598,7 +599,9 @@ class CGPOTrainer:
         coef = grads[0] if grads[0] is not None else torch.zeros_like(batch.logps)
         rollout = s.rollout
         rollout_args = (rollout.prompt_ids, rollout.prompt_mask, rollout.completion_ids, rollout.completion_mask)
-        pushes = [(rollout_args, coef.flatten(), s.task.config.sampling.num_samples)]
+        pushes: list[tuple[tuple[torch.Tensor, ...], torch.Tensor, int]] = [
+            (rollout_args, coef.flatten(), s.task.config.sampling.num_samples)
+        ]
         if baseline_args is not None and batch.baseline_logps is not None:
             # Every process must make the same DDP forward/backward calls: push a zero coefficient when this
             # process's loss did not use a_bar (e.g. a non-finite loss replaced by a zero).
