@@ -871,6 +871,10 @@ class CGPOTrainer:
 
     def save_final(self) -> None:
         """``OUTPUT_DIR/final/``: the trained model for ``from_pretrained`` (merged, or adapter + base path)."""
+        lora = self.config.training.lora
+        # Full weights are gathered on every process first (FSDP shards them; a collective call), exactly as
+        # checkpoints do; a LoRA policy is saved from its own modules (adapters, or merged into the base).
+        weights = self.accelerator.get_state_dict(self.policy) if lora is None else None
         self.accelerator.wait_for_everyone()
         if not self.is_main:
             return
@@ -879,10 +883,9 @@ class CGPOTrainer:
         final, staging = self.output_dir / "final", self.output_dir / ".final.tmp"
         shutil.rmtree(staging, ignore_errors=True)
         model = self.unwrapped
-        lora = self.config.training.lora
         if lora is not None and lora.save == "merged":
             model = model.merge_and_unload()
-        model.save_pretrained(staging, safe_serialization=True)
+        model.save_pretrained(staging, state_dict=weights, safe_serialization=True)
         self.tokenizer.save_pretrained(staging)
         shutil.rmtree(final, ignore_errors=True)
         staging.rename(final)
