@@ -398,11 +398,12 @@ def test_killing_the_parent_or_everything_fails_only_the_sample(judge):
         "import os, signal\ndef f():\n    os.kill(-1, signal.SIGKILL)\n    return 1\n",
         "import os, signal\nos.kill(1, signal.SIGKILL)\ndef f():\n    return 1\n",
     ]
+    parent = os.getppid()  # the test's own parent; 1 already when pytest was started detached (nohup ... &)
     out = _asserts(judge, programs, ["assert f() == 1"])
     # ppid is the namespace's init (another uid): EPERM, so the function still returns 1 and passes honestly,
     # or it kills only its own processes; nothing outside the sandbox is touched and no verdict is -1.
     assert all(v.value in (0, 1) for v in out), [v.reason for v in out]
-    assert os.getppid() > 1
+    assert os.getppid() == parent  # our parent survived: it would be reparented to 1 if it had been killed
     again = _asserts(judge, ["def f():\n    return 1\n"], ["assert f() == 1"])
     assert again[0].value == 1
 
