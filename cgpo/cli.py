@@ -14,6 +14,8 @@ import argparse
 import importlib
 import sys
 from collections.abc import Sequence
+from contextlib import redirect_stderr, redirect_stdout
+from pathlib import Path
 
 from cgpo import __version__
 from cgpo.errors import UserError
@@ -47,6 +49,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"cgpo {args.command}: interrupted", file=sys.stderr)
         return 130
+
+
+def run_logged(argv: Sequence[str], log_file: str | Path) -> None:
+    """Run ``cgpo ARGV`` in this process with its output in ``log_file``; for scripts that chain commands.
+
+    In-process rather than a subprocess: torch and transformers are imported once for a whole study, which
+    saves seconds per call on a small CPU. The commands resolve ``sys.stderr`` when they run, so the
+    redirection reaches progress output too.
+
+    Raises:
+        RuntimeError: The command exited with a non-zero status; the message ends with the tail of its log.
+    """
+    log_file = Path(log_file)
+    log_file.parent.mkdir(parents=True, exist_ok=True)
+    with log_file.open("w", encoding="utf-8") as handle, redirect_stdout(handle), redirect_stderr(handle):
+        status = main(list(argv))
+    if status != 0:
+        tail = "\n".join(log_file.read_text(encoding="utf-8").splitlines()[-20:])
+        raise RuntimeError(f"cgpo {' '.join(argv)} exited with {status} (log: {log_file}):\n{tail}")
 
 
 if __name__ == "__main__":  # pragma: no cover

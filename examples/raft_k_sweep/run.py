@@ -39,7 +39,6 @@ import math
 import sys
 import time
 from collections.abc import Sequence
-from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 from typing import Any
 
@@ -83,19 +82,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 
 def cgpo(args: Sequence[str], *, log_file: Path) -> None:
-    """Run ``cgpo ARGS`` (the real command line, :func:`cgpo.cli.main`) in this process; output to ``log_file``.
+    """Run ``cgpo ARGS`` in this process (the real command line), its output in ``log_file``."""
+    from cgpo.cli import run_logged
 
-    Raises:
-        RuntimeError: the command exited with a non-zero status (the message ends with the tail of its log).
-    """
-    from cgpo.cli import main as cgpo_main
-
-    log_file.parent.mkdir(parents=True, exist_ok=True)
-    with log_file.open("w", encoding="utf-8") as handle, redirect_stdout(handle), redirect_stderr(handle):
-        status = cgpo_main(list(args))
-    if status != 0:
-        tail = "\n".join(log_file.read_text(encoding="utf-8").splitlines()[-20:])
-        raise RuntimeError(f"cgpo {' '.join(args)} exited with {status} (log: {log_file}):\n{tail}")
+    run_logged(args, log_file)
 
 
 def overrides(args: argparse.Namespace) -> list[str]:
@@ -126,8 +116,10 @@ def only_task(evaluation: dict[str, Any]) -> tuple[str, dict[str, Any]]:
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    with path.open(encoding="utf-8") as handle:
-        return [json.loads(line) for line in handle if line.strip()]
+    """The objects of a JSON-lines file (``metrics.jsonl``, eval samples); bad lines are errors naming FILE:LINE."""
+    from cgpo.report import read_jsonl as read_located
+
+    return [obj for _, obj in read_located(path)]
 
 
 def train_rewards(metrics: list[dict[str, Any]], task: str) -> list[float]:
