@@ -142,7 +142,7 @@ def generate(
                 group_ids, group_mask = left_pad(prompts[start // k : (start + step) // k], pad_id, device)
                 cache = _prefill(model, group_ids, group_mask, k)
                 ids, mask = group_ids.repeat_interleave(k, dim=0), group_mask.repeat_interleave(k, dim=0)
-                extra = {"past_key_values": cache} if cache is not None else {}
+                extra = {_cache_argument(): cache} if cache is not None else {}
             else:
                 ids, mask = left_pad(repeated[start : start + step], pad_id, device)
                 extra = {}
@@ -159,6 +159,18 @@ def generate(
     completion_ids = torch.where(completion_mask.bool(), completion_ids, pad_id)
     texts = tokenizer.batch_decode(completion_ids, skip_special_tokens=True)
     return Rollout(prompt_ids, prompt_mask, completion_ids, completion_mask, texts)
+
+
+def _cache_argument() -> str:
+    """The name under which ``generate`` takes a prefilled KV cache.
+
+    transformers 5.24 renamed ``past_key_values`` to ``cache`` (the old name warns on every call and goes in
+    6.0); earlier releases only know ``past_key_values``.
+    """
+    import transformers
+    from packaging.version import Version
+
+    return "cache" if Version(transformers.__version__).release >= (5, 24) else "past_key_values"
 
 
 def _can_share_prefill(model: Any) -> bool:
