@@ -10,6 +10,7 @@ generation scores would bias it).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -161,6 +162,7 @@ def generate(
     return Rollout(prompt_ids, prompt_mask, completion_ids, completion_mask, texts)
 
 
+@functools.cache
 def _cache_argument() -> str:
     """The name under which ``generate`` takes a prefilled KV cache.
 
