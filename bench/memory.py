@@ -9,7 +9,7 @@ config as it is: the reference is a frozen copy of the policy) and ``lora`` (the
   once, so weights shared between two models count once;
 * the number of copies of the policy's weights: distinct storages holding its embedding matrix among all
   loaded causal LMs;
-* for LoRA, that the reference really is the policy with adapters disabled: ``reference_model()`` yields the
+* for LoRA, that the reference really is the policy with adapters disabled: ``trainer.pi_ref`` wraps the
   policy object itself, no separate reference is loaded, and its log-probs equal those of a freshly loaded
   base model (max abs difference printed).
 
@@ -68,6 +68,7 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
     import torch
 
     from cgpo.config_loader import load_run_config
+    from cgpo.reference import AdaptersDisabled
     from cgpo.rollout import token_logprobs
     from cgpo.trainer import CGPOTrainer
 
@@ -106,8 +107,8 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
         for m in (policy, trainer.reference)
         if m is not None
     }
-    with trainer.reference_model() as reference:
-        reference_is_policy = reference is policy
+    reference = trainer.pi_ref  # the frozen copy, or an AdaptersDisabled view of the policy
+    reference_is_policy = isinstance(reference, AdaptersDisabled) and reference.wrapped is policy
     trainable = sum(p.numel() for p in policy.parameters() if p.requires_grad)
     total = sum(p.numel() for p in policy.parameters())
     started = time.perf_counter()
@@ -132,8 +133,7 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
         rollout = generate(policy, trainer.tokenizer, prompts, task.config.sampling)
         args_ = (rollout.prompt_ids, rollout.prompt_mask, rollout.completion_ids, rollout.completion_mask)
         with torch.no_grad():
-            with trainer.reference_model() as reference:
-                ref = token_logprobs(reference, *args_)[0]
+            ref = token_logprobs(trainer.pi_ref, *args_)[0]
             fresh = token_logprobs(base, *args_)[0]
             trained = token_logprobs(policy, *args_)[0]  # adapters enabled again
         check = {
@@ -204,7 +204,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{label:<36}" + "".join(f"{fmt(results[m]):>20}" for m in args.modes))
     if "lora" in results:
         lora = results["lora"]
-        print(f"LoRA reference: separate model loaded: {lora['separate_reference_loaded']}; reference_model() is the "
+        print(f"LoRA reference: separate model loaded: {lora['separate_reference_loaded']}; pi_ref wraps the "
               f"policy: {lora['reference_is_policy_object']}; log-probs vs a fresh base model: max |diff| "
               f"{lora['reference_vs_base_max_abs_diff']:.2e} (trained policy vs base: "
               f"{lora['policy_vs_base_max_abs_diff']:.2e})")  # fmt: skip

@@ -187,6 +187,14 @@ def _check_plugins(task: TaskConfig, path: KeyPath) -> None:
         )
     if optimizer_cls.uses_kl_threshold and task.kl_threshold is None:
         raise SchemaError((*path, "kl_threshold"), f"{task.optimizer.name} needs a KL threshold (KL_max), e.g. 10.0")
+    if not optimizer_cls.uses_kl_threshold and task.kl_threshold is not None:
+        # A key the optimizer never reads is refused rather than accepted silently: a user who sets a KL
+        # bound on CODPO believes the run is KL-bounded when it is not (its drift is set by beta).
+        raise SchemaError(
+            (*path, "kl_threshold"),
+            f"{task.optimizer.name} does not read kl_threshold (only optimizers that bound the per-sample KL, "
+            "such as crpg and crraft, do); remove it, or set it to null where it comes from an included task",
+        )
     if task.reward.function is not None:
         try:
             reward_cls = REWARD_FUNCTIONS.get(task.reward.function)

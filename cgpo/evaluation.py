@@ -40,6 +40,9 @@ from typing import Any, TextIO
 from cgpo.config import RunConfig, SamplingConfig, TaskConfig
 from cgpo.data import PromptRecord, encode_prompt, load_records
 from cgpo.errors import UserError
+from cgpo.judging import MixtureResult
+from cgpo.phases.judge import judge_rates
+from cgpo.phases.rollout import fitting_prompts, grouped, row_slices
 
 Log = Callable[[str], None]
 
@@ -260,6 +263,9 @@ def evaluate_loaded(
 ) -> dict[str, Any]:
     """Evaluate an already loaded policy on ``tasks`` (see the module docstring for the metrics).
 
+    The prompt-length filter, the grouping of generate calls and the judge rates are the training step's
+    own (:mod:`cgpo.phases`); scoring goes through the same :class:`cgpo.scoring.TaskScorer`.
+
     Args:
         config: The run config (generation batch size, reward models, judges).
         tasks: From :func:`plan_tasks`.
@@ -274,51 +280,12 @@ def evaluate_loaded(
     Returns:
         ``{"tasks": {name: metrics}}``, plus ``{"samples": {name: [row, ...]}}`` with ``with_samples``.
     """
-    import torch
-
-    from cgpo.models import resolve_model_path
-    from cgpo.scoring import TaskScorer
-
-    max_batch = config.generation.max_batch_size
-    cpu = getattr(device, "type", str(device)) == "cpu"
-    reward_dtype = "float32" if cpu else "bfloat16"
-
-    # Prompts that do not fit the model's positions with max_new_tokens are left out (as in training).
-    encoded: dict[str, list[list[int]]] = {}
-    kept: dict[str, list[int]] = {}
-    for task in tasks:
-        ids = [encode_prompt(policy.tokenizer, task.config.format, r.message) for r in task.records]
-        limit = policy.max_positions
-        budget = task.config.sampling.max_new_tokens
-        kept[task.name] = [i for i, p in enumerate(ids) if not limit or len(p) + budget <= limit]
-        encoded[task.name] = ids
-        dropped = len(ids) - len(kept[task.name])
-        if dropped:
-            log(f"task {task.name}: {dropped} of {len(ids)} eval prompts are too long for {limit} positions "
-                f"with max_new_tokens {budget}; left out")  # fmt: skip
-        if not kept[task.name]:
-            raise UserError(f"task {task.name}: every eval prompt is too long; lower sampling.max_new_tokens")
-
-    # 1. Generate: one call per group of tasks with the same decoding settings, as the trainer groups them.
-    groups: dict[SamplingConfig, list[EvalTask]] = {}
-    for task in tasks:
-        groups.setdefault(_decoding(task.config.sampling, sample), []).append(task)
-    texts: dict[str, list[str]] = {}
-    for decoding, members in groups.items():
-        started = time.perf_counter()
-        prompts = [encoded[t.name][i] for t in members for i in kept[t.name]]
-        generated = _generate_texts(policy, prompts, decoding, sample=sample, max_batch_size=max_batch)
-        start = 0
-        for task in members:
-            count = len(kept[task.name])
-            texts[task.name] = generated[start : start + count]
-            start += count
-        log(f"generated {len(prompts)} completions for {', '.join(t.name for t in members)} "
-            f"in {time.perf_counter() - started:.1f}s")  # fmt: skip
-
+    kept = {task.name: _fitting_eval_prompts(task, policy, log) for task in tasks}
+    texts = _generate_eval_texts(tasks, kept, policy, sample=sample, max_batch=config.generation.max_batch_size,
+                                 log=log)  # fmt: skip
     ref_cache: list[LoadedModel] = []
 
-    def reference_model() -> LoadedModel:
+    def reference_once() -> LoadedModel:
         if not ref_cache:
             ref_cache.append(reference())
         return ref_cache[0]
@@ -326,69 +293,137 @@ def evaluate_loaded(
     results: dict[str, Any] = {}
     samples: dict[str, list[dict[str, Any]]] = {}
     for task in tasks:
-        cfg = task.config
-        records = [task.records[i] for i in kept[task.name]]
-        completions = texts[task.name]
-        scorer = TaskScorer(
-            cfg, resolve_model=lambda p: resolve_model_path(p, log=log), device=str(device), dtype=reward_dtype
-        )
-        try:
-            started = time.perf_counter()
-            # 2. The mixture itself, not scorer.judge: evaluation reports judge errors (error_rate) instead of
-            # applying the training-time failure policy, which could stop the evaluation.
-            mixture = scorer.mixture([r.prompt for r in records], completions, [r.metadata for r in records])
-            verdicts = torch.tensor(mixture.verdicts, dtype=torch.long)
-
-            def baseline_texts(messages: list[str], cfg: TaskConfig = cfg) -> list[str]:
-                ref = reference_model()
-                prompts = [encode_prompt(ref.tokenizer, cfg.format, m) for m in messages]
-                return _generate_texts(ref, prompts, _decoding(cfg.sampling, False), sample=False,
-                                       max_batch_size=max_batch)  # fmt: skip
-
-            # 3. Raw and calibrated rewards, K = 1; a_bar from the gold data or the reference's greedy answer.
-            rewards, calibrated, baselines = scorer.rewards(
-                records, completions, verdicts, generate_fn=baseline_texts,
-                generator=f"eval-greedy|{cfg.sampling.max_new_tokens}",
-            )  # fmt: skip
-        finally:
-            scorer.close()
-        n = len(records)
-        judges = {}
-        for label, column in mixture.per_judge.items():
-            values = [v.value for v in column]
-            judges[label] = {
-                "violation_rate": sum(v == 0 for v in values) / n,
-                "error_rate": sum(v == -1 for v in values) / n,
-            }
-        lengths = [_token_count(policy.tokenizer, t) for t in completions]
-        results[task.name] = {
-            "n": n,
-            "pass_rate": float((verdicts == 1).float().mean()),
-            "reward": float(rewards.mean()),
-            "calibrated_reward": float(calibrated.mean()),
-            "judges": judges,
-            "response_length": sum(lengths) / n,
-            "skipped_prompts": len(task.records) - n,
-        }
-        log(f"task {task.name}: {n} prompts, pass rate {results[task.name]['pass_rate']:.3f} "
+        started = time.perf_counter()
+        records = [task.records[i] for i, _ in kept[task.name]]
+        scored = _score_eval_task(task.config, records, texts[task.name], reference_once,
+                                  device=device, max_batch=config.generation.max_batch_size, log=log)  # fmt: skip
+        results[task.name] = _task_result(scored, policy.tokenizer, skipped=len(task.records) - len(records))
+        log(f"task {task.name}: {len(records)} prompts, pass rate {results[task.name]['pass_rate']:.3f} "
             f"({time.perf_counter() - started:.1f}s judging and scoring)")  # fmt: skip
         if with_samples:
-            samples[task.name] = [
-                {
-                    "prompt": record.prompt,
-                    "completion": completions[i],
-                    "verdict": int(verdicts[i]),
-                    "judges": {label: column[i].value for label, column in mixture.per_judge.items()},
-                    "reward": float(rewards[i]),
-                    "calibrated_reward": float(calibrated[i]),
-                    "baseline": baselines[i],
-                }
-                for i, record in enumerate(records)
-            ]
+            samples[task.name] = _sample_rows(scored)
     out: dict[str, Any] = {"tasks": results}
     if with_samples:
         out["samples"] = samples
     return out
+
+
+@dataclass
+class _ScoredEval:
+    """One task's evaluated completions: n records, n texts, the mixture and ``[n]`` verdicts and rewards."""
+
+    records: list[PromptRecord]
+    completions: list[str]
+    mixture: MixtureResult
+    verdicts: Any
+    rewards: Any
+    calibrated: Any
+    baselines: list[str]
+
+
+def _fitting_eval_prompts(task: EvalTask, policy: LoadedModel, log: Log) -> list[tuple[int, list[int]]]:
+    """``(index, prompt ids)`` of the eval prompts that fit the model's positions with max_new_tokens."""
+    ids = [encode_prompt(policy.tokenizer, task.config.format, r.message) for r in task.records]
+    budget = task.config.sampling.max_new_tokens
+    keep = fitting_prompts(ids, budget, policy.max_positions)
+    if len(keep) < len(ids):
+        log(f"task {task.name}: {len(ids) - len(keep)} of {len(ids)} eval prompts are too long for "
+            f"{policy.max_positions} positions with max_new_tokens {budget}; left out")  # fmt: skip
+    if not keep:
+        raise UserError(f"task {task.name}: every eval prompt is too long; lower sampling.max_new_tokens")
+    return [(i, ids[i]) for i in keep]
+
+
+def _generate_eval_texts(
+    tasks: Sequence[EvalTask],
+    kept: dict[str, list[tuple[int, list[int]]]],
+    policy: LoadedModel,
+    *,
+    sample: bool,
+    max_batch: int | None,
+    log: Log,
+) -> dict[str, list[str]]:
+    """One completion per kept prompt: one generate call per group of tasks with the same decoding settings."""
+    texts: dict[str, list[str]] = {}
+    for decoding, members in grouped(tasks, key=lambda t: _decoding(t.config.sampling, sample)):
+        started = time.perf_counter()
+        prompts = [ids for t in members for _, ids in kept[t.name]]
+        generated = _generate_texts(policy, prompts, decoding, sample=sample, max_batch_size=max_batch)
+        for task, rows in zip(members, row_slices([len(kept[t.name]) for t in members]), strict=True):
+            texts[task.name] = generated[rows]
+        log(f"generated {len(prompts)} completions for {', '.join(t.name for t in members)} "
+            f"in {time.perf_counter() - started:.1f}s")  # fmt: skip
+    return texts
+
+
+def _score_eval_task(
+    cfg: TaskConfig,
+    records: list[PromptRecord],
+    completions: list[str],
+    reference: Callable[[], LoadedModel],
+    *,
+    device: Any,
+    max_batch: int | None,
+    log: Log,
+) -> _ScoredEval:
+    """Judge and score one task's completions (K = 1) with a fresh :class:`TaskScorer`."""
+    import torch
+
+    from cgpo.models import resolve_model_path
+    from cgpo.scoring import TaskScorer
+
+    cpu = getattr(device, "type", str(device)) == "cpu"
+    scorer = TaskScorer(cfg, resolve_model=lambda p: resolve_model_path(p, log=log), device=str(device),
+                        dtype="float32" if cpu else "bfloat16")  # fmt: skip
+    try:
+        # The mixture itself, not scorer.judge: evaluation reports judge errors (error_rate) instead of
+        # applying the training-time failure policy, which could stop the evaluation.
+        mixture = scorer.mixture([r.prompt for r in records], completions, [r.metadata for r in records])
+        verdicts = torch.tensor(mixture.verdicts, dtype=torch.long)
+
+        def reference_greedy(messages: list[str]) -> list[str]:
+            ref = reference()
+            prompts = [encode_prompt(ref.tokenizer, cfg.format, m) for m in messages]
+            return _generate_texts(ref, prompts, _decoding(cfg.sampling, False), sample=False,
+                                   max_batch_size=max_batch)  # fmt: skip
+
+        # Raw and calibrated rewards, K = 1; a_bar from the gold data or the reference's greedy answer.
+        baselines = scorer.baseline_texts(records, reference_greedy, f"eval-greedy|{cfg.sampling.max_new_tokens}")
+        rewards, calibrated, baselines = scorer.rewards(records, completions, verdicts, baselines=baselines)
+    finally:
+        scorer.close()
+    return _ScoredEval(records, completions, mixture, verdicts, rewards, calibrated, baselines)
+
+
+def _task_result(scored: _ScoredEval, tokenizer: Any, *, skipped: int) -> dict[str, Any]:
+    """The metrics of one task (module docstring)."""
+    n = len(scored.records)
+    lengths = [_token_count(tokenizer, t) for t in scored.completions]
+    return {
+        "n": n,
+        "pass_rate": float((scored.verdicts == 1).float().mean()),
+        "reward": float(scored.rewards.mean()),
+        "calibrated_reward": float(scored.calibrated.mean()),
+        "judges": judge_rates(scored.mixture),
+        "response_length": sum(lengths) / n,
+        "skipped_prompts": skipped,
+    }
+
+
+def _sample_rows(scored: _ScoredEval) -> list[dict[str, Any]]:
+    """Every prompt's completion, verdicts and rewards (``--samples``)."""
+    return [
+        {
+            "prompt": record.prompt,
+            "completion": scored.completions[i],
+            "verdict": int(scored.verdicts[i]),
+            "judges": {label: column[i].value for label, column in scored.mixture.per_judge.items()},
+            "reward": float(scored.rewards[i]),
+            "calibrated_reward": float(scored.calibrated[i]),
+            "baseline": scored.baselines[i],
+        }
+        for i, record in enumerate(scored.records)
+    ]
 
 
 def evaluate(
@@ -434,35 +469,15 @@ def evaluate(
     seed = config.training.seed if seed is None else seed
     device = pick_device()
     set_seed(seed)
-    policy_cfg = config.policy
-    ref_cfg = config.reference or config.policy
-
-    def load(cfg_path: str, model_cfg: Any) -> LoadedModel:
-        return load_model(
-            cfg_path, device=device, dtype=model_dtype(model_cfg.dtype, device), revision=model_cfg.revision,
-            trust_remote_code=model_cfg.trust_remote_code, attn_implementation=model_cfg.attn_implementation, log=log,
-        )  # fmt: skip
-
-    if explicit is not None:
-        log(f"loading {explicit}")
-        # A folder without its own tokenizer (a bare save_pretrained of the weights) uses the policy's.
-        has_tokenizer = (explicit / "tokenizer_config.json").is_file()
-        policy = load_model(
-            str(explicit), device=device, dtype=model_dtype(policy_cfg.dtype, device),
-            trust_remote_code=policy_cfg.trust_remote_code, attn_implementation=policy_cfg.attn_implementation,
-            tokenizer_fallback=None if has_tokenizer else resolve_model_path(policy_cfg.path, log=log), log=log,
-        )  # fmt: skip
-    else:
-        log(f"loading {policy_cfg.path}")
-        policy = load(resolve_model_path(policy_cfg.path, log=log), policy_cfg)
+    policy_cfg, ref_cfg = config.policy, config.reference or config.policy
+    policy = _load_policy(config, explicit, device, log)
 
     def reference() -> LoadedModel:
         # Without --model and without a separate reference, the policy as it is *is* the reference.
         if explicit is None and config.reference is None:
             return policy
-        path = resolve_model_path(ref_cfg.path, log=log)
         log(f"loading the reference {ref_cfg.path} for generated baselines")
-        return load(path, ref_cfg)
+        return _load_configured(resolve_model_path(ref_cfg.path, log=log), ref_cfg, device, log)
 
     with torch.no_grad():
         result = evaluate_loaded(
@@ -476,6 +491,32 @@ def evaluate(
         **result,
         "skipped": skipped,
     }
+
+
+def _load_configured(path: str, model_cfg: Any, device: Any, log: Log) -> LoadedModel:
+    """A model of the config (policy or reference) with its dtype, revision and attention settings."""
+    return load_model(
+        path, device=device, dtype=model_dtype(model_cfg.dtype, device), revision=model_cfg.revision,
+        trust_remote_code=model_cfg.trust_remote_code, attn_implementation=model_cfg.attn_implementation, log=log,
+    )  # fmt: skip
+
+
+def _load_policy(config: RunConfig, explicit: Path | None, device: Any, log: Log) -> LoadedModel:
+    """The model under evaluation: the ``--model`` folder, or the config's policy as it is."""
+    from cgpo.models import resolve_model_path
+
+    policy_cfg = config.policy
+    if explicit is None:
+        log(f"loading {policy_cfg.path}")
+        return _load_configured(resolve_model_path(policy_cfg.path, log=log), policy_cfg, device, log)
+    log(f"loading {explicit}")
+    # A folder without its own tokenizer (a bare save_pretrained of the weights) uses the policy's.
+    has_tokenizer = (explicit / "tokenizer_config.json").is_file()
+    return load_model(
+        str(explicit), device=device, dtype=model_dtype(policy_cfg.dtype, device),
+        trust_remote_code=policy_cfg.trust_remote_code, attn_implementation=policy_cfg.attn_implementation,
+        tokenizer_fallback=None if has_tokenizer else resolve_model_path(policy_cfg.path, log=log), log=log,
+    )  # fmt: skip
 
 
 def write_json(path: str | Path, data: Any) -> None:

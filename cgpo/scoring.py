@@ -15,7 +15,14 @@ from typing import Any
 
 import torch
 
-from cgpo.calibration import BaselineCache, calibrated_rewards, judge_only_rewards, resolve_baselines
+from cgpo.calibration import (
+    BaselineCache,
+    baseline_rewards,
+    calibrated_rewards,
+    generate_baselines,
+    judge_only_rewards,
+    reference_baselines,
+)
 from cgpo.config import TaskConfig
 from cgpo.data import PromptRecord
 from cgpo.errors import UserError
@@ -86,25 +93,27 @@ class TaskScorer:
         values = self.reward_fn([r.message for r in records], list(texts), [r.metadata for r in records])
         return torch.as_tensor([float(v) for v in values], dtype=torch.float32)
 
-    def baseline_rewards(
-        self, records: Sequence[PromptRecord], generate_fn: Callable[[list[str]], Sequence[str]] | None, generator: str
-    ) -> tuple[list[str], torch.Tensor]:
-        """a_bar and r(s, a_bar) for B prompts (cached per prompt; generated once for ``generated``)."""
+    def baseline_texts(
+        self,
+        records: Sequence[PromptRecord],
+        generate_fn: Callable[[list[str]], Sequence[str]] | None = None,
+        generator: str = "",
+    ) -> list[str]:
+        """The B baseline responses a_bar of ``records`` (empty strings where a task has none).
+
+        ``reference``: the gold responses; ``generated``: pi_ref's response, generated once per prompt with
+        ``generate_fn`` and cached under ``generator``; ``none`` and judge-only tasks: the gold response where
+        a record has one (the CRRAFT fallback still needs an a_bar), else "".
+        """
         source = self.task.reward.baseline
+        if self.reward_fn is None or source == "none":
+            return [r.reference or "" for r in records]
         messages = [r.message for r in records]
-        if source == "none":
-            return [""] * len(records), torch.zeros(len(records))
-        return resolve_baselines(
-            messages,
-            source=source,
-            score_fn=self.reward_fn,
-            cache=self.baselines,
-            reward_identity=self.reward_identity,
-            gold=[r.reference for r in records],
-            generate_fn=(lambda todo: generate_fn(todo)) if generate_fn is not None else None,
-            generator=generator,
-            metadata=[r.metadata for r in records],
-        )
+        if source == "reference":
+            return reference_baselines(messages, [r.reference for r in records])
+        if generate_fn is None:
+            raise ValueError("the 'generated' calibration baseline needs a generate_fn")
+        return generate_baselines(messages, generate_fn, self.baselines, generator=generator)
 
     def rewards(
         self,
@@ -112,6 +121,7 @@ class TaskScorer:
         texts: Sequence[str],
         verdicts: torch.Tensor,
         *,
+        baselines: Sequence[str] | None = None,
         generate_fn: Callable[[list[str]], Sequence[str]] | None = None,
         generator: str = "",
         raw: torch.Tensor | None = None,
@@ -122,6 +132,8 @@ class TaskScorer:
             prompts: B records.
             texts: B * K completions.
             verdicts: ``[B * K]`` combined verdicts (judge-only tasks derive their reward from them).
+            baselines: The B a_bar texts from :meth:`baseline_texts`; computed here (with ``generate_fn``
+                and ``generator``) when None.
             generate_fn: Generates a_bar with the reference model (``generated`` baselines).
             generator: Identity of that generation, part of the baseline cache key.
             raw: ``[N]`` raw rewards already computed (by :func:`score_together`); scored here when None.
@@ -129,14 +141,21 @@ class TaskScorer:
         Returns:
             ``([N] raw rewards, [N] calibrated rewards, B baseline responses a_bar or empty strings)``.
         """
+        if baselines is None:
+            baselines = self.baseline_texts(prompts, generate_fn, generator)
+        baselines = list(baselines)
         if self.reward_fn is None:
             rewards, calibrated = judge_only_rewards(verdicts)
-            return rewards, calibrated, [r.reference or "" for r in prompts]
+            return rewards, calibrated, baselines
         k = len(texts) // len(prompts)
         rewards = raw if raw is not None else self.raw_rewards([r for r in prompts for _ in range(k)], texts)
-        baselines, bar = self.baseline_rewards(prompts, generate_fn, generator)
         if self.task.reward.baseline == "none":
-            baselines = [r.reference or "" for r in prompts]
+            bar = torch.zeros(len(prompts))  # r(s, a_bar) = 0: the calibrated reward is sigmoid(r)
+        else:
+            bar = baseline_rewards(
+                [r.message for r in prompts], baselines, self.reward_fn, self.baselines,
+                reward_identity=self.reward_identity, metadata=[r.metadata for r in prompts],
+            )  # fmt: skip
         calibrated = calibrated_rewards(rewards.view(len(prompts), k), bar).flatten()
         return rewards, calibrated, baselines
 

@@ -608,22 +608,9 @@ def check_judge(
         assert report.ok, report
     """
     built = isinstance(judge, type)
-    name = judge.__name__ if isinstance(judge, type) else type(judge).__name__
-    instance: Judge
-    if isinstance(judge, type):
-        if not issubclass(judge, Judge):
-            report = ConformanceReport(name, "?")
-            report.results.append(CheckResult("contract", "failed", f"{judge!r} is not a cgpo.judging.Judge subclass"))
-            return report
-        instance = judge(judge.parse_params(dict(params or {})))
-    else:
-        if not isinstance(judge, Judge):
-            report = ConformanceReport(type(judge).__name__, "?")
-            report.results.append(CheckResult("contract", "failed", f"{judge!r} is not a cgpo.judging.Judge"))
-            return report
-        if params is not None:
-            raise TypeError("params applies only when a judge class is given; this is an instance")
-        instance = judge
+    instance = _instance(judge, params)
+    if isinstance(instance, ConformanceReport):
+        return instance
     cls = type(instance)
     items = [Sample.coerce(s) for s in (samples if samples is not None else DEFAULT_SAMPLES)]
     if not items:
@@ -637,23 +624,8 @@ def check_judge(
         call_timeout_s=call_timeout_s,
     )
     report = ConformanceReport(f"{cls.__module__}.{cls.__qualname__}", str(cls.kind))
-    steps: list[tuple[str, Callable[[], Any]]] = [
-        ("contract", lambda: _check_contract(ctx)),
-        (
-            "imports",
-            (lambda: _check_imports(ctx, heavy_modules))
-            if check_imports
-            else (lambda: ("skipped", "check_imports=False")),
-        ),
-        ("raw_output", lambda: _check_raw_output(ctx)),
-        ("verdicts", lambda: _check_verdicts(ctx)),
-        ("metadata_untouched", lambda: _check_metadata_untouched(ctx)),
-        ("deterministic", lambda: _check_deterministic(ctx)),
-        ("thread_safe", lambda: _check_thread_safe(ctx, threads)),
-        ("timeout", lambda: _check_timeout(ctx)),
-        ("failure_injection", lambda: _check_failure_injection(ctx)),
-        ("injected_failures", lambda: _check_injected_failures(ctx, failure_injectors or {})),
-    ]
+    steps = _steps(ctx, check_imports=check_imports, heavy_modules=heavy_modules, threads=threads,
+                   failure_injectors=failure_injectors or {})  # fmt: skip
     try:
         for check_name, step in steps:
             if ctx.hung is not None and check_name != "timeout":
@@ -666,6 +638,49 @@ def check_judge(
         else:
             report.results.append(CheckResult("close", "skipped", "the caller owns the instance; not closed"))
     return report
+
+
+def _instance(judge: Judge | type[Judge], params: Mapping[str, Any] | None) -> Judge | ConformanceReport:
+    """The judge to check (built from ``params`` when a class is given), or a failed report when it is none."""
+    if isinstance(judge, type):
+        if not issubclass(judge, Judge):
+            report = ConformanceReport(judge.__name__, "?")
+            report.results.append(CheckResult("contract", "failed", f"{judge!r} is not a cgpo.judging.Judge subclass"))
+            return report
+        return judge(judge.parse_params(dict(params or {})))
+    if not isinstance(judge, Judge):
+        report = ConformanceReport(type(judge).__name__, "?")
+        report.results.append(CheckResult("contract", "failed", f"{judge!r} is not a cgpo.judging.Judge"))
+        return report
+    if params is not None:
+        raise TypeError("params applies only when a judge class is given; this is an instance")
+    return judge
+
+
+def _steps(
+    ctx: _Context,
+    *,
+    check_imports: bool,
+    heavy_modules: Sequence[str],
+    threads: int,
+    failure_injectors: Mapping[str, Callable[[Judge], contextlib.AbstractContextManager[Any]]],
+) -> list[tuple[str, Callable[[], Any]]]:
+    """The checks, in the order they run."""
+    imports = (
+        (lambda: _check_imports(ctx, heavy_modules)) if check_imports else (lambda: ("skipped", "check_imports=False"))
+    )
+    return [
+        ("contract", lambda: _check_contract(ctx)),
+        ("imports", imports),
+        ("raw_output", lambda: _check_raw_output(ctx)),
+        ("verdicts", lambda: _check_verdicts(ctx)),
+        ("metadata_untouched", lambda: _check_metadata_untouched(ctx)),
+        ("deterministic", lambda: _check_deterministic(ctx)),
+        ("thread_safe", lambda: _check_thread_safe(ctx, threads)),
+        ("timeout", lambda: _check_timeout(ctx)),
+        ("failure_injection", lambda: _check_failure_injection(ctx)),
+        ("injected_failures", lambda: _check_injected_failures(ctx, failure_injectors)),
+    ]
 
 
 def _run_step(name: str, step: Callable[[], Any], ctx: _Context) -> CheckResult:

@@ -3,7 +3,10 @@
 The trainer generates K samples for each of B prompts, judges and scores them, computes sequence
 log-probs, and hands the result to the task's optimizer as a :class:`PolicyBatch`. The optimizer returns
 a scalar loss (a mean over its own units: samples for CRPG, kept prompts for CRRAFT and CODPO) and plain
-statistics. The trainer calls ``backward(task_weight * loss)`` per task and steps once (Algorithm 2).
+statistics. The trainer (:mod:`cgpo.phases.backward`) rescales each task's loss by its weight and its
+share of the units across processes, runs one backward of the weighted sum of all tasks' losses, and
+takes one AdamW step for all of them (Algorithm 2). In the trainer a task's instance of this class is
+``TaskState.objective``; ``trainer.optimizer`` is the AdamW that applies the update.
 
 Optimizers never touch models, tokenizers or judges: everything they see is a tensor, so each loss is
 tested against hand-computed values on small tensors.

@@ -42,6 +42,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from cgpo.studies import jsonl_objects, single_task
+
 HERE = Path(__file__).resolve().parent
 CONFIG = HERE / "config.yaml"
 DEFAULT_KS = (1, 2, 4, 8)
@@ -107,21 +109,6 @@ def eval_args(args: argparse.Namespace, output: Path) -> list[str]:
     return extra
 
 
-def only_task(evaluation: dict[str, Any]) -> tuple[str, dict[str, Any]]:
-    """Name and metrics of the single task of a ``cgpo eval`` result."""
-    tasks = evaluation["tasks"]
-    if len(tasks) != 1:
-        raise ValueError(f"expected one evaluated task, got {sorted(tasks)}")
-    return next(iter(tasks.items()))
-
-
-def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    """The objects of a JSON-lines file (``metrics.jsonl``, eval samples); bad lines are errors naming FILE:LINE."""
-    from cgpo.report import read_jsonl as read_located
-
-    return [obj for _, obj in read_located(path)]
-
-
 def train_rewards(metrics: list[dict[str, Any]], task: str) -> list[float]:
     """Mean reward of each step's training samples (all K of every prompt: the policy's own mean reward)."""
     return [float(m[f"task/{task}/reward"]) for m in metrics]
@@ -150,7 +137,7 @@ def summarize(
 
     ``train_reward_last`` is the mean training-sample reward over the last quarter of the steps (at least one).
     """
-    task, before = only_task(start)
+    task, before = single_task(start)
     per_k: dict[str, dict[str, Any]] = {}
     seeds: list[int] = []
     steps = 0
@@ -158,7 +145,7 @@ def summarize(
         seeds = sorted(ends[k])
         rows = []
         for seed in seeds:
-            name, after = only_task(ends[k][seed])
+            name, after = single_task(ends[k][seed])
             if name != task or after["n"] != before["n"]:
                 raise ValueError(
                     f"K={k} seed {seed} evaluated {name} on {after['n']} prompts, the start {task} on {before['n']}"
@@ -270,7 +257,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     cgpo(["eval", str(CONFIG), *overrides(args), *eval_args(args, out / "eval_start.json")],
          log_file=logs / "eval_start.log")  # fmt: skip
     start = json.loads((out / "eval_start.json").read_text(encoding="utf-8"))
-    task, _ = only_task(start)
+    task, _ = single_task(start)
 
     ends: dict[int, dict[int, dict[str, Any]]] = {}
     curves: dict[int, dict[int, list[float]]] = {}
@@ -291,12 +278,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             if resolved["tasks"][0]["sampling"]["num_samples"] != k or resolved["training"]["seed"] != seed:
                 raise RuntimeError(f"{run_dir}: the run did not use K={k} and seed {seed}")
             batch_size = int(resolved["tasks"][0]["batch_size"])
-            curves[k][seed] = train_rewards(read_jsonl(run_dir / "metrics.jsonl"), task)
+            curves[k][seed] = train_rewards(jsonl_objects(run_dir / "metrics.jsonl"), task)
             cgpo(["eval", str(CONFIG), *overrides(args), "--model", str(run_dir / "final"),
                   *eval_args(args, run_dir / "eval_end.json")], log_file=logs / f"eval_k{k}_s{seed}.log")  # fmt: skip
             ends[k][seed] = json.loads((run_dir / "eval_end.json").read_text(encoding="utf-8"))
-            say(f"K={k} seed {seed}: held-out reward {only_task(start)[1]['reward']:.3f} -> "
-                f"{only_task(ends[k][seed])[1]['reward']:.3f}")  # fmt: skip
+            say(f"K={k} seed {seed}: held-out reward {single_task(start)[1]['reward']:.3f} -> "
+                f"{single_task(ends[k][seed])[1]['reward']:.3f}")  # fmt: skip
 
     results = summarize(start, ends, curves, seconds, prompts_per_step=batch_size)
     check_results(results)

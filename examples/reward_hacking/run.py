@@ -36,6 +36,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from cgpo.studies import jsonl_objects, single_task
+
 HERE = Path(__file__).resolve().parent
 #: Run name -> run config; both include task.yaml and differ only in the task's optimizer.
 RUNS = {"unconstrained": HERE / "unconstrained.yaml", "cgpo": HERE / "cgpo.yaml"}
@@ -91,21 +93,6 @@ def eval_args(args: argparse.Namespace, output: Path, samples: Path) -> list[str
     return extra
 
 
-def only_task(evaluation: dict[str, Any]) -> dict[str, Any]:
-    """The metrics of the single task of a ``cgpo eval`` result."""
-    tasks = evaluation["tasks"]
-    if len(tasks) != 1:
-        raise ValueError(f"expected one evaluated task, got {sorted(tasks)}")
-    return next(iter(tasks.values()))
-
-
-def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    """The objects of a JSON-lines file (``metrics.jsonl``, eval samples); bad lines are errors naming FILE:LINE."""
-    from cgpo.report import read_jsonl as read_located
-
-    return [obj for _, obj in read_located(path)]
-
-
 def summarize(
     start: dict[str, Any],
     end: dict[str, Any],
@@ -116,7 +103,7 @@ def summarize(
     examples: list[dict[str, Any]],
 ) -> dict[str, Any]:
     """One run's entry of ``results.json`` from its ``cgpo eval`` results before and after training."""
-    before, after = only_task(start), only_task(end)
+    before, after = single_task(start)[1], single_task(end)[1]
     if before["n"] != after["n"]:
         raise ValueError(f"before and after evaluated different prompt counts: {before['n']} vs {after['n']}")
     out: dict[str, Any] = {}
@@ -254,11 +241,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         samples = run_dir / "samples_end.jsonl"
         cgpo(["eval", str(config), *overrides(args), "--model", str(run_dir / "final"),
               *eval_args(args, end_file, samples)], log_file=logs / f"eval_{name}.log")  # fmt: skip
-        metrics = read_jsonl(run_dir / "metrics.jsonl")
+        metrics = jsonl_objects(run_dir / "metrics.jsonl")
         curves[name] = training_curves(metrics, task)
         examples = [
             {"prompt": row["prompt"], "completion": row["completion"], "verdict": row["verdict"]}
-            for row in read_jsonl(samples)[:4]
+            for row in jsonl_objects(samples)[:4]
         ]
         results[name] = summarize(
             start, json.loads(end_file.read_text(encoding="utf-8")), optimizer=run_optimizer(run_dir),

@@ -107,7 +107,10 @@ def test_task_include_merges_a_base_file(folder):
 
 def test_include_switching_optimizer_or_reward_kind_replaces_the_block(folder):
     # Refining a block deep-merges; switching implementation must not inherit the base's params.
-    base = TASK.replace("optimizer: crpg", "optimizer: {name: codpo, params: {beta: 0.2}}")
+    base = TASK.replace("optimizer: crpg", "optimizer: {name: codpo, params: {beta: 0.2}}").replace(
+        "kl_threshold: 10.0\n",
+        "",  # neither codpo nor raft reads it (a set kl_threshold is refused)
+    )
     write(folder, "task.yaml", base + "reward: {model: tiny:reward, baseline: none, batch_size: 4}\n")
     write(
         folder,
@@ -153,6 +156,18 @@ def test_template_fields_must_be_known(folder):
     write(folder, "task.yaml", TASK + "format: {template: 'Q: {question}'}\n")
     err = error_of(load_task_config, folder / "task.yaml")
     assert err.key_path == "format.template" and "question" in err.reason
+
+
+@pytest.mark.parametrize("optimizer", ["codpo", "raft"])
+def test_a_kl_threshold_the_optimizer_does_not_read_is_refused(folder, optimizer):
+    write(folder, "task.yaml", TASK.replace("optimizer: crpg", f"optimizer: {optimizer}"))
+    err = error_of(load_task_config, folder / "task.yaml")
+    assert err.file == "task.yaml" and err.key_path == "kl_threshold", str(err)
+    assert f"{optimizer} does not read kl_threshold" in err.reason
+    # Inherited from an included task, it is cleared with null.
+    write(folder, "variant.yaml", f"include: task.yaml\noptimizer: {optimizer}\nkl_threshold: null\n")
+    write(folder, "task.yaml", TASK)
+    assert load_task_config(folder / "variant.yaml").kl_threshold is None
 
 
 def test_codpo_needs_two_samples(folder):

@@ -180,7 +180,8 @@ def test_kill_9_and_resume_reach_the_same_weights(write_run_config, tmp_path):
 
 
 @pytest.mark.slow
-def test_ctrl_c_saves_a_checkpoint_and_exits_cleanly(write_run_config):
+@pytest.mark.parametrize("signal_name", ["SIGINT", "SIGUSR1"])
+def test_a_stop_signal_saves_a_checkpoint_and_exits_cleanly(write_run_config, signal_name):
     import os
     import signal
     import subprocess
@@ -196,7 +197,7 @@ def test_ctrl_c_saves_a_checkpoint_and_exits_cleanly(write_run_config):
     while not (metrics.exists() and metrics.read_text().count("\n") >= 2):
         assert proc.poll() is None and time.time() < deadline
         time.sleep(0.05)
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(getattr(signal, signal_name))  # Ctrl-C; SLURM's warning before the time limit
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err
     assert "Traceback" not in err

@@ -1,0 +1,16 @@
+"""The six phases of one CGPO step (CGPO paper Algorithm 2; cgpo-algorithms.md §9), one module each.
+
+A step of :class:`cgpo.trainer.CGPOTrainer` reads top to bottom::
+
+    drawn    = B_l prompts of every task l              (the trainer's seeded, resumable samplers)
+    rollouts = rollout.generate_rollouts(drawn)         1. K_l samples per prompt, and each prompt's a_bar
+    judged   = judge.judge_rollouts(rollouts)           2. the task's mixture of judges (Kleene AND)
+    scored   = reward.score_rollouts(judged)            3. raw reward r(s, a), calibrated sigmoid(r(s,a) - r(s,a_bar))
+    losses   = loss.task_losses(scored)                 4. log-probs and each task optimizer's loss L_l
+    updates  = backward.weighted_backward(losses)       5. backward of sum_l rho_l L_l (normalized across processes)
+    norm     = update.optimizer_step(...)               6. one clip, one AdamW step, one scheduler step
+
+Each phase is a plain function from the dataclasses of :mod:`cgpo.phases.batches` to the next ones; none
+of them keeps state. ``cgpo eval`` (:mod:`cgpo.evaluation`) uses the same prompt filter, generation
+grouping, judging and metrics functions.
+"""
