@@ -167,10 +167,10 @@ def worker_env(threads: int, device: str) -> dict[str, str]:
 
 
 def tiny_paths() -> tuple[str, str]:
-    """(policy, reward) folders of the embedded tiny models (built on first use)."""
-    from cgpo.tiny.build import ensure_tiny_models
+    """(policy, reward) folders of the embedded tiny models (shipped with the package, or a local build)."""
+    from cgpo.tiny.embedded import tiny_models
 
-    root = Path(ensure_tiny_models())
+    root = Path(tiny_models())
     return str(root / "policy"), str(root / "reward")
 
 

@@ -12,12 +12,12 @@ from cgpo.config import TINY_PREFIX
 
 
 def resolve_model_path(path: str, *, log: Callable[[str], None] = print) -> str:
-    """The directory or hub id to load for a config's model ``path``, building the tiny models on first use."""
+    """The directory or hub id to load for a config's model ``path`` (the tiny models: shipped, or built)."""
     if not path.startswith(TINY_PREFIX):
         return path
-    from cgpo.tiny.build import ensure_tiny_models
+    from cgpo.tiny.embedded import tiny_models
 
-    return str(ensure_tiny_models(log=log) / path[len(TINY_PREFIX) :])
+    return str(tiny_models(log=log) / path[len(TINY_PREFIX) :])
 
 
 def quiet_library_progress_bars() -> None:

@@ -15,7 +15,8 @@ def add_parser(subparsers: Any) -> None:
         description=(
             "Build the tiny character-level tokenizer, the Llama policy (warm-started by a short SFT on the "
             "bundled synthetic tasks) and the Bradley-Terry reward model that configs name as tiny:policy "
-            "and tiny:reward. Cached under $CGPO_HOME (default ~/.cache/cgpo); configs build it on first use."
+            "and tiny:reward. The default recipe ships built inside the package; --rebuild (or another --seed) builds "
+            "under $CGPO_HOME (default ~/.cache/cgpo), which then takes precedence."
         ),
     )
     parser.add_argument("--rebuild", action="store_true", help="build again even if a cached build exists")
@@ -28,7 +29,8 @@ def add_parser(subparsers: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     import dataclasses
 
-    from cgpo.tiny.build import COMPLETE_MARKER, DEFAULT_RECIPE, ensure_tiny_models
+    from cgpo.tiny.build import COMPLETE_MARKER, DEFAULT_RECIPE
+    from cgpo.tiny.embedded import tiny_models
 
     if args.threads is not None:
         import torch
@@ -39,7 +41,7 @@ def run(args: argparse.Namespace) -> int:
     def log(message: str) -> None:
         print(message, file=sys.stderr, flush=True)
 
-    folder = ensure_tiny_models(recipe, log=log, rebuild=args.rebuild)
+    folder = tiny_models(recipe, log=log, rebuild=args.rebuild)
     if args.print_path:
         print(folder)
         return 0

@@ -9,7 +9,15 @@ from pathlib import Path
 import pytest
 
 from cgpo.tiny import data
-from cgpo.tiny.build import TinyRecipe, build_tiny_models, corrupt, ensure_tiny_models, tiny_models_dir
+from cgpo.tiny.build import (
+    DEFAULT_RECIPE,
+    TinyRecipe,
+    build_tiny_models,
+    corrupt,
+    ensure_tiny_models,
+    tiny_models_dir,
+)
+from cgpo.tiny.embedded import shipped_models_dir, tiny_models
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -100,3 +108,41 @@ def test_default_build_gives_a_partly_competent_policy(tmp_path, monkeypatch):
     accuracy = report["sft_heldout_exact_match"]
     assert 0.0 < sum(accuracy.values()) / len(accuracy) < 1.0, accuracy
     assert report["reward_heldout_pair_accuracy"] > 0.7, report
+    # A rebuild reaches the shipped models' quality. Bits are not promised across CPUs (float order), so the
+    # tolerance is a few held-out prompts: 0.1 of exact match per family (32 prompts), 0.05 of pair accuracy.
+    shipped_folder = shipped_models_dir()
+    assert shipped_folder is not None
+    shipped = json.loads((shipped_folder / "build.json").read_text())
+    assert report["recipe_id"] == shipped["recipe_id"]
+    for family, value in shipped["sft_heldout_exact_match"].items():
+        assert abs(accuracy[family] - value) <= 0.1, (family, accuracy[family], value)
+    assert abs(report["reward_heldout_pair_accuracy"] - shipped["reward_heldout_pair_accuracy"]) <= 0.05
+
+
+def test_the_package_ships_the_default_build_and_uses_it_without_building(tmp_path, monkeypatch):
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
+
+    from cgpo.models import resolve_model_path
+
+    shipped = shipped_models_dir()
+    assert shipped is not None, (
+        f"cgpo/tiny/assets/ holds no build for recipe {DEFAULT_RECIPE.identity()}: the tiny builder or its recipe "
+        "changed; run `cgpo bootstrap --rebuild` and copy $CGPO_HOME/tiny/<id> to cgpo/tiny/assets/"
+    )
+    monkeypatch.setenv("CGPO_HOME", str(tmp_path))  # empty: nothing built locally
+    messages: list[str] = []
+    policy_path = resolve_model_path("tiny:policy", log=messages.append)
+    assert Path(policy_path) == shipped / "policy" and not messages  # no build, nothing to say
+    assert not (tmp_path / "tiny").exists()
+    AutoModelForCausalLM.from_pretrained(policy_path)
+    AutoTokenizer.from_pretrained(policy_path)
+    AutoModelForSequenceClassification.from_pretrained(resolve_model_path("tiny:reward"))
+
+
+def test_a_local_build_takes_precedence_over_the_shipped_one(tmp_path, monkeypatch):
+    import shutil
+
+    monkeypatch.setenv("CGPO_HOME", str(tmp_path))
+    local = tiny_models_dir()
+    shutil.copytree(shipped_models_dir(), local)  # stands for `cgpo bootstrap --rebuild`
+    assert tiny_models() == local
