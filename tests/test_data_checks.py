@@ -133,3 +133,27 @@ def test_other_formats_are_read_through_datasets_and_located_by_row(tmp_path):
     path.write_text(path.read_text().replace("train.jsonl", "train.csv"))
     problems = [str(p) for p in check_task_data(load_task_config(path))]
     assert problems == [f"{csv}: row 2: prompt field 'prompt' is null"]
+
+
+def test_cgpo_train_stops_on_the_same_problems_before_loading_a_model(tmp_path, tiny_models_dir, capsys):
+    import yaml
+
+    task = task_yaml(tmp_path, "tiny_arithmetic", [GOOD, row(completion="\\boxed{3}", answer="3")])
+    config = tmp_path / "run.yaml"
+    config.write_text(yaml.safe_dump({
+        "policy": {"path": str(tiny_models_dir / "policy")},
+        "tasks": [{"include": str(task), "reward": {"model": str(tiny_models_dir / "reward")}}],
+        "training": {"max_steps": 1},
+        "output_dir": str(tmp_path / "run"),
+        "logging": {"progress": "none"},
+    }))  # fmt: skip
+    assert main(["train", str(config)]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert err[-2:] == [
+        f"{tmp_path / 'train.jsonl'}:2: prompt field 'prompt' is missing",
+        (
+            f"cgpo train: 1 data problem (listed above) in the tasks of {config}; fix the data files "
+            "(cgpo validate lists the same problems)"
+        ),
+    ]
+    assert not (tmp_path / "run").exists()  # nothing started: no model, no output directory
