@@ -12,7 +12,9 @@ What training would otherwise meet mid-run, or never notice:
 * metadata a judge of the task cannot use (``Judge.metadata_problem``): every sample of that row would be
   judged -1 and left out of training;
 * train prompts that also appear in the eval split (a warning with counts: held-out results would be
-  inflated).
+  inflated);
+* (run configs, :func:`check_prompt_lengths`) train prompts too long for the policy's context together with
+  ``sampling.max_new_tokens``: ``cgpo train`` leaves them out; each is listed as a warning, with a count.
 
 Every problem is one line, ``FILE:LINE: reason`` for a JSONL row, ``FILE: row N: reason`` for rows of other
 formats (read through ``datasets``), ``task NAME: reason`` for the task as a whole. Errors make
@@ -225,3 +227,78 @@ def _overlap(task: TaskConfig, prompts: dict[str, dict[str, str]]) -> list[Probl
             "warning",
         )
     ]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Prompt lengths (needs the policy's tokenizer and config, not its weights)
+# ----------------------------------------------------------------------------------------------------------------
+def check_prompt_lengths(config: RunConfig) -> list[Problem]:
+    """Warnings for train prompts that ``cgpo train`` would leave out as too long, and a count per task.
+
+    A prompt is too long when its token count (the policy tokenizer, the task's chat formatting) plus
+    ``sampling.max_new_tokens`` exceeds the policy's ``max_position_embeddings``: the trainer's rule. When
+    every prompt of a task is too long it is an error (the trainer stops on it). Loads the tokenizer and
+    the model config only; the embedded tiny models are not built for this (a warning says so).
+    """
+    from cgpo.config import TINY_PREFIX
+
+    policy = config.policy.path
+    if policy.startswith(TINY_PREFIX):
+        from cgpo.tiny.build import is_built, tiny_models_dir
+
+        folder = tiny_models_dir()
+        if not is_built(folder):
+            return [Problem(f"policy {policy}", "prompt lengths not checked: the tiny models are not built yet "
+                            "(cgpo train builds them)", "warning")]  # fmt: skip
+        policy = str(folder / policy[len(TINY_PREFIX) :])
+    try:
+        tokenizer, positions = _tokenizer_and_positions(config, policy)
+    except Exception as exc:  # noqa: BLE001 - any loader failure: cgpo train reports it; here it only limits the check
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        return [Problem(f"policy {policy}", f"prompt lengths not checked: cannot load its tokenizer locally "
+                        f"({type(exc).__name__}: {first_line})", "warning")]  # fmt: skip
+    if not positions:
+        return []
+    return [problem for task in config.tasks for problem in _long_prompts(task, tokenizer, positions)]
+
+
+def _tokenizer_and_positions(config: RunConfig, path: str) -> tuple[Any, int]:
+    from transformers import AutoConfig, AutoTokenizer
+
+    # local_files_only: validation never downloads (nor waits on a hub that cannot be reached).
+    common = {"revision": config.policy.revision, "trust_remote_code": config.policy.trust_remote_code,
+              "local_files_only": True}  # fmt: skip
+    tokenizer = AutoTokenizer.from_pretrained(path, **common)
+    model_config = AutoConfig.from_pretrained(path, **common)
+    return tokenizer, int(getattr(model_config, "max_position_embeddings", 0) or 0)
+
+
+def _long_prompts(task: TaskConfig, tokenizer: Any, positions: int) -> list[Problem]:
+    from cgpo.data import encode_prompt, render_message
+
+    budget = positions - task.sampling.max_new_tokens
+    long, total = [], 0
+    for item in _rows(task.prompts.train, f"task {task.name}: prompts.train"):
+        prompt = item.record.get(task.prompts.prompt_field) if isinstance(item, Row) else None
+        if not isinstance(item, Row) or not isinstance(prompt, str):
+            continue  # already an error of check_task_data
+        total += 1
+        metadata = {key: item.record.get(column) for key, column in task.prompts.metadata_fields.items()}
+        try:
+            length = len(encode_prompt(tokenizer, task.format, render_message(task.format, prompt, metadata)))
+        except UserError as exc:
+            return [Problem(f"task {task.name}", str(exc))]
+        if length > budget:
+            long.append(Problem(item.where, f"prompt is {length} tokens: with max_new_tokens "
+                                f"{task.sampling.max_new_tokens} it exceeds the policy's {positions} positions; "
+                                "cgpo train leaves it out", "warning"))  # fmt: skip
+    if not long:
+        return []
+    every = len(long) == total
+    summary = Problem(
+        f"task {task.name}",
+        f"{len(long)} of {total} train prompts are too long for {positions} positions with max_new_tokens "
+        f"{task.sampling.max_new_tokens}" + ("; lower sampling.max_new_tokens" if every else "; they are left out"),
+        "error" if every else "warning",
+    )
+    return [*_capped(long, task.prompts.train.path or task.name), summary]

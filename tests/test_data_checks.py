@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -135,18 +136,22 @@ def test_other_formats_are_read_through_datasets_and_located_by_row(tmp_path):
     assert problems == [f"{csv}: row 2: prompt field 'prompt' is null"]
 
 
-def test_cgpo_train_stops_on_the_same_problems_before_loading_a_model(tmp_path, tiny_models_dir, capsys):
+def write_run(tmp_path: Path, tiny_models_dir: Path, task: Path) -> Path:
     import yaml
 
-    task = task_yaml(tmp_path, "tiny_arithmetic", [GOOD, row(completion="\\boxed{3}", answer="3")])
     config = tmp_path / "run.yaml"
     config.write_text(yaml.safe_dump({
         "policy": {"path": str(tiny_models_dir / "policy")},
         "tasks": [{"include": str(task), "reward": {"model": str(tiny_models_dir / "reward")}}],
         "training": {"max_steps": 1},
         "output_dir": str(tmp_path / "run"),
-        "logging": {"progress": "none"},
     }))  # fmt: skip
+    return config
+
+
+def test_cgpo_train_stops_on_the_same_problems_before_loading_a_model(tmp_path, tiny_models_dir, capsys):
+    task = task_yaml(tmp_path, "tiny_arithmetic", [GOOD, row(completion="\\boxed{3}", answer="3")])
+    config = write_run(tmp_path, tiny_models_dir, task)
     assert main(["train", str(config)]) == 2
     err = capsys.readouterr().err.splitlines()
     assert err[-2:] == [
@@ -157,3 +162,31 @@ def test_cgpo_train_stops_on_the_same_problems_before_loading_a_model(tmp_path, 
         ),
     ]
     assert not (tmp_path / "run").exists()  # nothing started: no model, no output directory
+
+
+def test_prompts_too_long_for_the_policy_context_are_listed_and_counted(tmp_path, tiny_models_dir, capsys):
+    # The test policy has 256 positions and a character tokenizer; the task generates 16 new tokens.
+    long_prompt = "What is " + "1+" * 200 + "1?"
+    train = [GOOD, row(prompt=long_prompt, completion="\\boxed{201}", answer="201")]
+    config = write_run(tmp_path, tiny_models_dir, task_yaml(tmp_path, "tiny_arithmetic", train))
+    assert main(["validate", str(config)]) == 0  # warnings only: cgpo train leaves the prompt out
+    out, err = capsys.readouterr()
+    assert out.strip() == f"{config}: ok (run config, 1 task)"
+    lines = err.splitlines()
+    assert len(lines) == 2
+    assert re.fullmatch(
+        rf"{re.escape(str(tmp_path / 'train.jsonl'))}:2: warning: prompt is \d+ tokens: with max_new_tokens 16 it "
+        r"exceeds the policy's 256 positions; cgpo train leaves it out",
+        lines[0],
+    ), lines[0]
+    assert lines[1] == (
+        "task tiny_arithmetic: warning: 1 of 2 train prompts are too long for 256 positions with max_new_tokens 16; "
+        "they are left out"
+    )
+    # Every prompt too long: cgpo train would stop, so it is an error.
+    task_yaml(tmp_path, "tiny_arithmetic", train[1:])
+    assert main(["validate", str(config)]) == 2
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        "task tiny_arithmetic: 1 of 1 train prompts are too long for 256 positions with max_new_tokens 16; "
+        "lower sampling.max_new_tokens"
+    )
