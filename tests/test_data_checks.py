@@ -190,3 +190,19 @@ def test_prompts_too_long_for_the_policy_context_are_listed_and_counted(tmp_path
         "task tiny_arithmetic: 1 of 1 train prompts are too long for 256 positions with max_new_tokens 16; "
         "lower sampling.max_new_tokens"
     )
+
+
+def test_judges_say_which_metadata_they_cannot_use():
+    from cgpo_judges.code import CodeJudge
+    from cgpo_judges.format import FormatJudge
+    from cgpo_judges.math import MathJudge
+
+    assert FormatJudge.metadata_problem({}) is None  # needs none
+    assert MathJudge.metadata_problem({"answer": "#### 18"}) is None
+    assert MathJudge.metadata_problem({}) == "metadata 'answer' missing or null"
+    assert MathJudge.metadata_problem({"answer": True}) == "gold answer True cannot be parsed"
+    assert CodeJudge.metadata_problem({"tests": ["assert f() == 1"], "entry_point": "f"}) is None
+    assert CodeJudge.metadata_problem({"test": "def check(c): pass", "entry_point": "f"}) is None
+    assert CodeJudge.metadata_problem({"entry_point": "f"}) == (
+        "metadata has an 'entry_point' but no tests: add 'test' (HumanEval check code) or 'tests'"
+    )
