@@ -98,6 +98,19 @@ class Judge(Configurable, ABC):
     ) -> list[Verdict]:
         """Judge a batch. ``len(prompts) == len(completions) == len(metadata)``; return one verdict each."""
 
+    @classmethod
+    def metadata_problem(cls, metadata: Mapping[str, Any]) -> str | None:
+        """Why this judge could not use one sample's metadata (every completion would be judged -1), or None.
+
+        ``cgpo validate`` calls it on every data row, without building the judge: keep it cheap and free of
+        heavy imports. The default checks that the ``required_metadata`` keys are present and not null;
+        judges whose metadata has a shape (test lists, gold answers) override it.
+        """
+        missing = [key for key in cls.required_metadata if metadata.get(key) is None]
+        if missing:
+            return f"metadata {', '.join(repr(k) for k in missing)} missing or null"
+        return None
+
     def __call__(
         self,
         prompts: Sequence[str],

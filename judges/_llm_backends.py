@@ -18,7 +18,15 @@ of ``timeout_seconds`` (connect, send and every read share it). Connection error
 HTTP, 408, 429 and 5xx are retried up to ``max_retries`` times after ``backoff * 2**attempt`` seconds
 (capped at 30 s) scaled by a jitter factor in [0.5, 1) drawn from a generator seeded by
 ``(seed, sample index, attempt)``, so a run's retry schedule is reproducible. Other 4xx answers are not
-retried. Only the standard library is used; it ignores ``http_proxy`` variables, so a judge server on
+retried.
+
+Two bounds keep a dead or hung server from stalling a training step. ``deadline_seconds`` bounds one
+``complete`` call (a batch), all attempts and backoff included: past it no attempt starts and none waits
+longer, and what is left is -1 with the reason. (Per-attempt timeouts alone do not bound a batch: 256
+samples, 8 at a time, 4 attempts of 60 s against a server that accepts connections and never answers is
+over two hours.) And once one request has used all its attempts on retryable failures, the server is
+taken as down: later requests make a single attempt, without backoff, until one succeeds again, so a
+killed server costs one retry schedule, not one per sample. Only the standard library is used; it ignores ``http_proxy`` variables, so a judge server on
 loopback is never sent through a proxy.
 
 Heavy imports (torch, transformers) happen in :class:`LocalBackend`'s constructor only.
@@ -287,6 +295,7 @@ class HTTPBackend:
         top_logprobs: Ask for this many alternatives of each reply token (0: do not ask for logprobs; some
             servers reject the parameter).
         seed: Seeds the backoff jitter.
+        deadline_seconds: Bound of one ``complete`` call, attempts and backoff included (None: no bound).
     """
 
     def __init__(
@@ -302,6 +311,7 @@ class HTTPBackend:
         max_tokens: int = 16,
         top_logprobs: int = 0,
         seed: int = 0,
+        deadline_seconds: float | None = None,
     ) -> None:
         url = urlsplit(chat_completions_url(base_url))
         if url.scheme not in ("http", "https") or not url.hostname:
@@ -321,6 +331,9 @@ class HTTPBackend:
         self.max_tokens = max_tokens
         self.top_logprobs = top_logprobs
         self.seed = seed
+        self.deadline_seconds = deadline_seconds
+        self._down_lock = threading.Lock()
+        self._down = False  # a request used all its attempts on retryable failures, and none has succeeded since
         self._pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="cgpo-llm-judge")
 
     def __repr__(self) -> str:  # never show the Authorization header
@@ -328,10 +341,15 @@ class HTTPBackend:
 
     def complete(self, items: Sequence[JudgeInput]) -> list[ChatReply | str]:
         """One chat completion per item, at most ``concurrency`` at a time; a failure is a reason string."""
-        futures = [self._pool.submit(self._request, index, item) for index, item in enumerate(items)]
+        deadline = None if self.deadline_seconds is None else time.monotonic() + self.deadline_seconds
+        futures = [self._pool.submit(self._request, index, item, deadline) for index, item in enumerate(items)]
         return [future.result() for future in futures]
 
-    def _request(self, index: int, item: JudgeInput) -> ChatReply | str:
+    def _set_down(self, down: bool) -> None:
+        with self._down_lock:
+            self._down = down
+
+    def _request(self, index: int, item: JudgeInput, deadline: float | None = None) -> ChatReply | str:
         payload: dict[str, Any] = {
             "model": self.model,
             "messages": [{"role": role, "content": content} for role, content in item.messages],
@@ -345,24 +363,42 @@ class HTTPBackend:
             payload["top_logprobs"] = self.top_logprobs
         body = json.dumps(payload).encode("utf-8")
         attempts = self.max_retries + 1
+        last: _Retry | None = None
         for attempt in range(attempts):
+            left = math.inf if deadline is None else deadline - time.monotonic()
+            if left <= 0:
+                return self._past_deadline(attempt, last)
             try:
-                return self._post(body)
+                reply = self._post(body, min(self.timeout_seconds, left))
             except _Fatal as exc:
                 return f"judge server error: {exc}"
             except _Retry as exc:
-                if attempt + 1 == attempts:
-                    return f"judge server unavailable after {attempts} attempt(s): {exc}"
-                time.sleep(backoff_delay(self.backoff_seconds, attempt, self.seed, index))
+                last = exc
+                with self._down_lock:
+                    known_down = self._down
+                if attempt + 1 == attempts or known_down:
+                    self._set_down(True)
+                    note = "; the server was already unreachable for earlier samples" if known_down else ""
+                    return f"judge server unavailable after {attempt + 1} attempt(s){note}: {exc}"
+                pause = backoff_delay(self.backoff_seconds, attempt, self.seed, index)
+                time.sleep(max(0.0, min(pause, (math.inf if deadline is None else deadline) - time.monotonic())))
+                continue
+            self._set_down(False)
+            return reply
         raise AssertionError("unreachable")  # the loop always returns
 
-    def _post(self, body: bytes) -> ChatReply:
-        deadline = time.monotonic() + self.timeout_seconds
+    def _past_deadline(self, attempts: int, last: _Retry | None) -> str:
+        tried = f"after {attempts} attempt(s)" if attempts else "before its first attempt"
+        cause = f": {last}" if last is not None else ""
+        return f"judge server gave no answer within the {self.deadline_seconds:g} s deadline of the batch ({tried}){cause}"
+
+    def _post(self, body: bytes, timeout: float) -> ChatReply:
+        deadline = time.monotonic() + timeout
         conn: http.client.HTTPConnection
         if self._https:
-            conn = http.client.HTTPSConnection(self._host, self._port, timeout=self.timeout_seconds)
+            conn = http.client.HTTPSConnection(self._host, self._port, timeout=timeout)
         else:
-            conn = http.client.HTTPConnection(self._host, self._port, timeout=self.timeout_seconds)
+            conn = http.client.HTTPConnection(self._host, self._port, timeout=timeout)
         try:
             conn.connect()
             sock = conn.sock  # kept: getresponse() may detach it from conn, and every read needs the deadline
@@ -382,7 +418,7 @@ class HTTPBackend:
         except ssl.SSLCertVerificationError as exc:
             raise _Fatal(f"TLS certificate rejected: {exc}") from None
         except TimeoutError:
-            raise _Retry(f"no complete answer within {self.timeout_seconds:g} s") from None
+            raise _Retry(f"no complete answer within {timeout:g} s") from None
         except (OSError, http.client.HTTPException) as exc:
             raise _Retry(f"{type(exc).__name__}: {exc}") from None
         finally:

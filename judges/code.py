@@ -19,7 +19,8 @@ Test forms (metadata; the first present wins):
   model completed the prompt's function), and names the test uses besides the candidate (HumanEval/32's
   ``poly``) come from the prompt alone, so a completion cannot redefine them. One test.
 * ``tests``: a list of assert statements (MBPP style), each one test, run against the solution's
-  top-level names.
+  top-level names. An ``entry_point`` next to them (MBPP records often carry one) is accepted and unused:
+  the asserts name the function.
 * ``io``: a list of ``{"input": str, "output": str}``; the program runs once per case with the input on
   stdin, and its stdout must match the output (``io_match``: ``"lines"`` ignores trailing whitespace on
   each line and trailing blank lines, ``"tokens"`` compares whitespace-separated tokens, ``"exact"``
@@ -186,31 +187,19 @@ class CodeJudge(Judge):
         self, prompt: str, meta: Mapping[str, Any]
     ) -> tuple[dict[str, Any], dict[str, Any], list[str] | int] | Verdict:
         """(header, body, expected) from the metadata, or a -1 verdict for unusable metadata."""
-        if "test" in meta or "entry_point" in meta:
-            test, entry = meta.get("test"), meta.get("entry_point")
-            if not isinstance(test, str) or not isinstance(entry, str) or not entry.isidentifier():
-                return failed("metadata 'test' must be a string and 'entry_point' an identifier")
-            body = {"test": test, "entry_point": entry, "prompt": prompt if self.params.include_prompt else None}
-            return {"kind": "check"}, body, 1
-        if "tests" in meta:
-            tests = meta["tests"]
-            if not isinstance(tests, list) or not tests or not all(isinstance(t, str) for t in tests):
-                return failed("metadata 'tests' must be a non-empty list of assert statements")
-            return {"kind": "asserts"}, {"tests": list(tests)}, len(tests)
-        if "io" in meta:
-            cases = meta["io"]
-            ok = (
-                isinstance(cases, list)
-                and cases
-                and all(
-                    isinstance(c, Mapping) and isinstance(c.get("input"), str) and isinstance(c.get("output"), str)
-                    for c in cases
-                )
-            )
-            if not ok:
-                return failed("metadata 'io' must be a non-empty list of {input: str, output: str}")
-            return {"kind": "io"}, {"inputs": [c["input"] for c in cases]}, [c["output"] for c in cases]
-        return failed("metadata has no tests: expected 'tests', 'test' + 'entry_point', or 'io'")
+        parts = _test_parts(meta)
+        if isinstance(parts, str):
+            return failed(parts)
+        header, body, expected = parts
+        if header["kind"] == "check":
+            body["prompt"] = prompt if self.params.include_prompt else None
+        return header, body, expected
+
+    @classmethod
+    def metadata_problem(cls, metadata: Mapping[str, Any]) -> str | None:
+        """Why no test could be built from ``metadata`` (the -1 reason the judge would give), or None."""
+        parts = _test_parts(metadata)
+        return parts if isinstance(parts, str) else None
 
     def _verdict(self, result: SandboxResult, kind: str, expected: list[str] | int) -> Verdict:
         if result.status == "sandbox_error":
@@ -254,6 +243,42 @@ class CodeJudge(Judge):
             pool, self._pool = self._pool, None
         if pool is not None:
             pool.shutdown(wait=True)
+
+
+def _test_parts(meta: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any], list[str] | int] | str:
+    """(header, body, expected) of the sandbox job for this metadata, or why there is none."""
+    entry = meta.get("entry_point")
+    if "entry_point" in meta and not (isinstance(entry, str) and entry.isidentifier()):
+        return "metadata 'entry_point' must be an identifier (the solution's function name)"
+    if "test" in meta:
+        test = meta["test"]
+        if not isinstance(test, str) or entry is None:
+            return "metadata 'test' must be a string (HumanEval check code) with an 'entry_point'"
+        body = {"test": test, "entry_point": entry}
+        return {"kind": "check"}, body, 1
+    if "tests" in meta:
+        # MBPP-style records often carry the function's name as 'entry_point' too: the asserts name the
+        # function themselves, so it is accepted and not needed.
+        tests = meta["tests"]
+        if not isinstance(tests, list) or not tests or not all(isinstance(t, str) for t in tests):
+            return "metadata 'tests' must be a non-empty list of assert statements"
+        return {"kind": "asserts"}, {"tests": list(tests)}, len(tests)
+    if "io" in meta:
+        cases = meta["io"]
+        ok = (
+            isinstance(cases, list)
+            and cases
+            and all(
+                isinstance(c, Mapping) and isinstance(c.get("input"), str) and isinstance(c.get("output"), str)
+                for c in cases
+            )
+        )
+        if not ok:
+            return "metadata 'io' must be a non-empty list of {input: str, output: str}"
+        return {"kind": "io"}, {"inputs": [c["input"] for c in cases]}, [c["output"] for c in cases]
+    if entry is not None:
+        return "metadata has an 'entry_point' but no tests: add 'test' (HumanEval check code) or 'tests'"
+    return "metadata has no tests: expected 'tests', 'test' + 'entry_point', or 'io'"
 
 
 def _same_output(got: str, want: str, mode: str) -> bool:

@@ -85,6 +85,8 @@ class LLMJudgeParams:
         top_logprobs: HTTP backend: ask for logprobs with this many alternatives per token (0: do not ask;
             not every server accepts the parameter).
         seed: HTTP backend: seed of the backoff jitter.
+        deadline_seconds: HTTP backend: bound of one judge call (a batch), every attempt and backoff
+            included; what has no answer by then is -1 with the reason. None: no bound.
     """
 
     #: Reserved placeholders this judge fills (the others in RESERVED_FIELDS belong to other judges).
@@ -112,6 +114,7 @@ class LLMJudgeParams:
     max_tokens: int = 16
     top_logprobs: int = 0
     seed: int = 0
+    deadline_seconds: float | None = 600.0
 
     def labels(self) -> tuple[str, ...]:
         """Labels in scoring order: positive, negative (and any further label of the judge)."""
@@ -146,6 +149,12 @@ class LLMJudgeParams:
             raise Invalid("max_retries", f"must be between 0 and 100, got {self.max_retries}")
         if not (math.isfinite(self.backoff_seconds) and self.backoff_seconds >= 0):
             raise Invalid("backoff_seconds", f"must be zero or more seconds, got {self.backoff_seconds}")
+        if self.deadline_seconds is not None and not (
+            math.isfinite(self.deadline_seconds) and self.deadline_seconds > 0
+        ):
+            raise Invalid(
+                "deadline_seconds", f"must be a positive number of seconds or null, got {self.deadline_seconds}"
+            )
         if not 0 <= self.top_logprobs <= 20:
             raise Invalid("top_logprobs", f"must be between 0 and 20, got {self.top_logprobs}")
         if self.api_key_env is not None and not _ENV_NAME.match(self.api_key_env):
@@ -233,6 +242,7 @@ class _LLMJudge(Judge):
                 max_tokens=p.max_tokens,
                 top_logprobs=p.top_logprobs,
                 seed=p.seed,
+                deadline_seconds=p.deadline_seconds,
             )
 
     # -- construction ---------------------------------------------------------------------------------------------

@@ -485,6 +485,14 @@ class MathJudge(Judge):
         self._pool_lock = threading.Lock()
         self._pool: Any = None  # a cgpo_judges._workers.WorkerPool, created on first need
 
+    @classmethod
+    def metadata_problem(cls, metadata: Mapping[str, Any]) -> str | None:
+        """The gold answer must be present and parse (else every sample of the row is -1)."""
+        problem = super().metadata_problem(metadata)
+        if problem is None and gold_answer(metadata["answer"]) is None:
+            problem = f"gold answer {_short(repr(metadata['answer']))} cannot be parsed"
+        return problem
+
     def _workers(self) -> Any:
         from cgpo_judges._workers import WorkerPool
 

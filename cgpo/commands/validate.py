@@ -13,8 +13,11 @@ def add_parser(subparsers: Any) -> None:
         help="check task YAMLs, run configs and accelerate configs",
         description=(
             "Check task YAMLs and run configs: keys, types, values, judge/optimizer/reward names and their "
-            "params, data files. Prints 'ok' per valid file; for an invalid one prints FILE: key.path: reason "
-            "and exits 2. Loads no model."
+            "params, and every row of the tasks' data (malformed or non-UTF-8 lines, missing or empty prompt, "
+            "reference and metadata fields, metadata a judge cannot use; train/eval overlap, and for run configs "
+            "prompts too long for the policy's context, as warnings). "
+            "Prints 'ok' per valid file; for an invalid one prints FILE: key.path: reason, or FILE:LINE: reason "
+            "for data, and exits 2. Loads no model."
         ),
     )
     parser.add_argument(
@@ -28,6 +31,7 @@ def add_parser(subparsers: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from cgpo.config_loader import detect_kind, load_run_config, load_task_config
+    from cgpo.data_checks import check_prompt_lengths, check_run_data, check_task_data, has_errors
     from cgpo.errors import ConfigError
 
     files = [f for f in args.files if "=" not in f]
@@ -50,9 +54,13 @@ def run(args: argparse.Namespace) -> int:
             elif kind == "run":
                 config = load_run_config(file, overrides)
                 detail = f"run config, {len(config.tasks)} task{'s' if len(config.tasks) != 1 else ''}"
+                problems = check_run_data(config)
+                if not has_errors(problems):  # a broken row would be counted twice
+                    problems += check_prompt_lengths(config)
             else:
                 task = load_task_config(file, overrides)
                 detail = f"task '{task.name}'"
+                problems = check_task_data(task)
         except ConfigError as exc:
             print(str(exc), file=sys.stderr)
             failed += 1
@@ -61,5 +69,11 @@ def run(args: argparse.Namespace) -> int:
             print(f"{file}: (top level): cannot validate: {type(exc).__name__}: {exc}", file=sys.stderr)
             failed += 1
             continue
+        if kind != "accelerate":
+            for problem in problems:
+                print(problem, file=sys.stderr)
+            if has_errors(problems):
+                failed += 1
+                continue
         print(f"{file}: ok ({detail})")
     return 2 if failed else 0

@@ -79,7 +79,27 @@ def test_missing_or_malformed_metadata_is_minus_one():
     )
     assert [v.value for v in out] == [-1, -1, -1, -1]
     assert "no tests" in out[0].reason
+    assert out[3].reason == "metadata 'entry_point' must be an identifier (the solution's function name)"
+    out = j(["", ""], ["x = 1"] * 2, [{"entry_point": "f"}, {"test": "def check(c): pass"}])
+    assert [v.value for v in out] == [-1, -1]
+    assert "an 'entry_point' but no tests" in out[0].reason
+    assert "with an 'entry_point'" in out[1].reason
     j.close()
+
+
+@needs_sandbox
+def test_mbpp_records_with_tests_and_an_entry_point_are_judged_by_their_asserts(judge):
+    # The shape of an MBPP(+) record: the asserts, plus the function's name.
+    meta = {"tests": ["assert remove_odd([1, 2, 3, 4]) == [2, 4]", "assert remove_odd([5]) == []"],
+            "entry_point": "remove_odd"}  # fmt: skip
+    out = judge(
+        ["", ""],
+        ["def remove_odd(xs):\n    return [x for x in xs if x % 2 == 0]\n", "def remove_odd(xs):\n    return xs\n"],
+        [meta, meta],
+    )
+    assert [v.value for v in out] == [1, 0]
+    assert out[0].reason == "2 tests passed"
+    assert "test 0 failed" in out[1].reason
 
 
 # --------------------------------------------------------------------------------------- fail closed
