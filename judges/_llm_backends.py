@@ -42,6 +42,7 @@ import os
 import random
 import socket
 import ssl
+import sys
 import threading
 import time
 from collections.abc import Mapping, Sequence
@@ -131,10 +132,13 @@ class LocalBackend:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         from cgpo.judging import JudgeConfigError
+        from cgpo.models import resolve_model_path
 
         self._torch = torch
         self._lock = threading.Lock()
         local_only = hub_offline()
+        # A named model (smollm2:135m-instruct, tiny:policy) becomes its local folder, converted on first use.
+        model = resolve_model_path(model, log=lambda message: sys.stderr.write(message + "\n"))
         self.device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device)
         self.tokenizer = AutoTokenizer.from_pretrained(model, local_files_only=local_only)
         torch_dtype = _resolve_dtype(torch, dtype, self.device)

@@ -53,8 +53,9 @@ class LLMJudgeParams:
     Args:
         backend: ``local`` (a causal LM in this process, two-token scoring) or ``http`` (a chat-completions
             server).
-        model: Local backend: a model directory or hub id (loaded with ``local_files_only`` when
-            ``HF_HUB_OFFLINE``/``TRANSFORMERS_OFFLINE`` is set). HTTP backend: the served model name.
+        model: Local backend: a model directory, a hub id (loaded with ``local_files_only`` when
+            ``HF_HUB_OFFLINE``/``TRANSFORMERS_OFFLINE`` is set) or a named model (``smollm2:135m-instruct``,
+            converted on first use; see :mod:`cgpo.model_sources`). HTTP backend: the served model name.
         template: Prompt template replacing the judge's built-in one; see ``cgpo_judges._llm_templates``
             for the placeholders. It must use ``{completion}``.
         prompt_format: How the rendered template reaches the local model: ``plain`` (verbatim), ``chat``
