@@ -46,6 +46,7 @@ from cgpo.phases.reward import score_rollouts
 from cgpo.phases.rollout import fitting_prompts, generate_rollouts
 from cgpo.phases.update import optimizer_step
 from cgpo.reference import reference_policy
+from cgpo.run_lock import RunLock
 from cgpo.scoring import TaskScorer
 
 Log = Callable[[str], None]
@@ -101,6 +102,9 @@ class CGPOTrainer:
                 "DeepSpeed is not supported by this version of the trainer; launch with DDP "
                 "(configs/accelerate/ddp.yaml) or FSDP (configs/accelerate/fsdp.yaml), see configs/accelerate/README.md"
             )
+        # One run per output_dir: a second one is refused at once, naming the first's pid and host; the lock
+        # is a flock, so a killed run never leaves it behind.
+        self._lock = RunLock.acquire(self.output_dir) if self.is_main else None
         set_seed(cfg.seed)  # identical on every process: LoRA initialization must match across ranks
         self._load_models()
         self.tasks = [self._build_task(task) for task in self.config.tasks]
@@ -436,7 +440,9 @@ class CGPOTrainer:
     def _resume_or_start(self) -> None:
         if self.is_main:
             ckpt.remove_stale_staging(self.output_dir)
-        folder = None if self.fresh else ckpt.latest_checkpoint(self.output_dir)
+        # The newest checkpoint whose files match their manifest; each skipped one is logged with the reason.
+        quiet = self.log if self.is_main else (lambda line: None)
+        folder = None if self.fresh else ckpt.latest_valid_checkpoint(self.output_dir, quiet)
         self._check_saved_config(resuming=folder is not None)
         if folder is None:
             if self.is_main:
@@ -516,24 +522,21 @@ class CGPOTrainer:
         self.accelerator.wait_for_everyone()
         if not self.is_main:
             return
-        import shutil
-
-        final, staging = self.output_dir / "final", self.output_dir / ".final.tmp"
-        shutil.rmtree(staging, ignore_errors=True)
         model = self.unwrapped
         if lora is not None and lora.save == "merged":
             model = model.merge_and_unload()
-        model.save_pretrained(staging, state_dict=weights, safe_serialization=True)
-        self.tokenizer.save_pretrained(staging)
-        shutil.rmtree(final, ignore_errors=True)
-        staging.rename(final)
+        final = ckpt.save_final_atomically(self.output_dir, model=model, tokenizer=self.tokenizer, weights=weights)
         self.log(f"final model: {final}")
 
     def close(self) -> None:
+        """Release what the run holds: the judges' workers, the trackers, the output_dir lock."""
         for task in getattr(self, "tasks", []):
             task.scorer.close()
         if getattr(self, "accelerator", None) is not None and self.accelerator.trackers:
             self.accelerator.end_training()
+        if getattr(self, "_lock", None) is not None:
+            self._lock.release()
+            self._lock = None
 
 
 def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:

@@ -62,13 +62,7 @@ def test_a_full_disk_during_a_checkpoint_stops_with_one_line_and_the_run_resumes
     assert ckpt.verify_checkpoint(out / "checkpoints" / "step-4") is None
 
 
-# The two tests below check behaviour that needs the trainer to call cgpo.checkpoint.latest_valid_checkpoint
-# and cgpo.run_lock.RunLock (see the reliability branch's report); they are strict xfails until it does, so
-# the wiring commit must remove the markers (an unexpected pass fails the suite).
-NEEDS_WIRING = pytest.mark.xfail(strict=True, reason="trainer wiring of latest_valid_checkpoint / RunLock pending")
-
-
-@NEEDS_WIRING
+# The trainer resumes from cgpo.checkpoint.latest_valid_checkpoint and holds a cgpo.run_lock.RunLock.
 @pytest.mark.slow
 def test_a_truncated_optimizer_state_in_the_latest_checkpoint_resumes_from_the_previous_one(write_run_config):
     config = write_run_config(training={"max_steps": 4, "learning_rate": 1.0e-3, "save_every": 2, "seed": 0})
@@ -89,7 +83,6 @@ def test_a_truncated_optimizer_state_in_the_latest_checkpoint_resumes_from_the_p
     assert ckpt.verify_checkpoint(out / "checkpoints" / "step-6") is None
 
 
-@NEEDS_WIRING
 @pytest.mark.slow
 def test_a_second_run_on_the_same_output_dir_is_refused_naming_the_first(write_run_config):
     import socket
