@@ -250,6 +250,28 @@ class SamplingConfig:
 
 
 @dataclass(frozen=True)
+class JudgeErrorAlarmConfig:
+    """When a judge of the task fails (-1) too often, stop the run or warn (``judge_error_alarm``).
+
+    Args:
+        max_error_rate: The alarm counts a step when a judge's ``error_rate`` (its share of -1 verdicts on
+            the step's samples) is above this, in [0, 1]; 1 disables the alarm (no rate exceeds 1).
+        steps: N, how many consecutive counted steps raise the alarm.
+        action: ``stop`` the run (a checkpoint is saved first; fix the judge and resume) or ``warn``
+            (one loud line per episode of consecutive failing steps, training goes on).
+    """
+
+    max_error_rate: float = 0.5
+    steps: int = 3
+    action: Literal["stop", "warn"] = "stop"
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.max_error_rate) and 0.0 <= self.max_error_rate <= 1.0):
+            raise Invalid("max_error_rate", f"must be in [0, 1], got {self.max_error_rate}")
+        _positive("steps", self.steps)
+
+
+@dataclass(frozen=True)
 class TaskConfig:
     """One CGPO task: prompts, reward, mixture of judges, optimizer and per-task hyperparameters.
 
@@ -262,6 +284,7 @@ class TaskConfig:
         judges: The mixture of judges (AND); empty means the unconstrained form of the optimizer.
         on_judge_failure: What a judge's -1 means for training: ``exclude`` the sample (default),
             count it as a ``violate``-ion, or ``stop`` the run.
+        judge_error_alarm: Stop or warn when a judge's error rate stays above a threshold for N steps.
         optimizer: The task's optimizer and its hyperparameters.
         sampling: Generation settings (K, temperature, top_p, max_new_tokens).
         batch_size: B, prompts drawn from this task per step.
@@ -277,6 +300,7 @@ class TaskConfig:
     reward: RewardConfig = field(default_factory=RewardConfig)
     judges: list[JudgeSpec] = field(default_factory=list)
     on_judge_failure: Literal["exclude", "violate", "stop"] = "exclude"
+    judge_error_alarm: JudgeErrorAlarmConfig = field(default_factory=JudgeErrorAlarmConfig)
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     batch_size: int = 8
     kl_threshold: float | None = None
