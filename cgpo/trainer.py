@@ -34,6 +34,7 @@ from cgpo import checkpoint as ckpt
 from cgpo.config import RunConfig, TaskConfig
 from cgpo.data import TaskSampler, encode_prompt, load_records
 from cgpo.errors import UserError
+from cgpo.judge_alarm import JudgeErrorAlarm, JudgeErrorAlarmStop
 from cgpo.metrics import MetricsWriter, PhaseTimer, Progress, RewardHackingMonitor
 from cgpo.models import quiet_library_progress_bars, resolve_model_path
 from cgpo.optimizers import OPTIMIZERS
@@ -352,6 +353,7 @@ class CGPOTrainer:
         cfg = self.config.training
         names = [t.name for t in self.tasks]
         progress = Progress(self.config.logging.progress, cfg.max_steps, self.step, self.log) if self.is_main else None
+        judge_alarm = JudgeErrorAlarm({t.name: t.judge_error_alarm for t in self.config.tasks}, self.log)
         previous = {sig: signal.signal(sig, self._on_signal) for sig in STOP_SIGNALS}
         try:
             if cfg.eval_every and self.step == 0:
@@ -370,12 +372,17 @@ class CGPOTrainer:
                         progress.update(self.step, metrics, names)
                 if self.accelerator.trackers:
                     self.accelerator.log(metrics, step=self.step)
+                judge_alarm.update(self.step, metrics)  # after the metrics are written: "stop" raises here
                 if cfg.save_every and self.step % cfg.save_every == 0 and self.step < cfg.max_steps:
                     self.save_checkpoint()
                 if cfg.eval_every and (self.step % cfg.eval_every == 0 or self.step == cfg.max_steps):
                     self.evaluate()
         except TrainingInterrupted:
             self.log(f"interrupted at step {self.step}: saving a checkpoint")
+            self.save_checkpoint()
+            raise
+        except JudgeErrorAlarmStop:
+            self.log(f"judge error alarm at step {self.step}: saving a checkpoint")
             self.save_checkpoint()
             raise
         finally:
