@@ -94,6 +94,9 @@ class RewardHackingMonitor:
     independent noise) a single check warns with probability at most ``(1 - confidence) ** 2``; the warning
     quotes both p-values and the means of the window's two halves so a user can judge the evidence.
 
+    Held-out evaluations (``training.eval_every``) go to :meth:`update_eval`: each is compared with the run's
+    first one (step 0, before training) on the same prompts.
+
     Args:
         window: Steps per test (>= 10: the normal approximation of the Mann-Kendall statistic needs them).
         confidence: One-sided confidence level of each of the two tests, in (0.5, 1).
@@ -109,6 +112,7 @@ class RewardHackingMonitor:
         self.window, self.confidence = window, confidence
         self.history: dict[str, deque[tuple[float, float]]] = {}
         self.quiet_until: dict[str, int] = {}
+        self.first_eval: dict[str, EvalPoint] = {}
 
     def update(self, step: int, metrics: Mapping[str, Any]) -> list[str]:
         """Record a step's metrics; return warnings (empty when all is well)."""
@@ -137,11 +141,40 @@ class RewardHackingMonitor:
                 self.quiet_until[task] = step + self.window
         return warnings
 
+    def update_eval(self, result: Mapping[str, Any] | None) -> list[str]:
+        """Compare a held-out evaluation (an ``eval.jsonl`` row, ``{"step", "tasks": ...}``) with the run's first.
+
+        Warns when a task's held-out pass rate fell significantly at ``confidence`` (one-sided two-proportion
+        z-test, :func:`pass_rate_drop_p_value`) while its held-out reward is above the first evaluation's. The
+        evaluation reports only the reward's mean, not per-prompt rewards, so the reward's rise is a
+        condition here, not a test. ``None`` (what non-main processes get from the evaluation) is ignored.
+        """
+        if result is None:
+            return []
+        warnings = []
+        for task, numbers in result.get("tasks", {}).items():
+            now = EvalPoint.of(int(result.get("step", 0)), numbers)
+            if now is None:
+                continue
+            first = self.first_eval.setdefault(task, now)
+            if now.step == first.step:
+                continue
+            p_value = pass_rate_drop_p_value(first, now)
+            if p_value < 1 - self.confidence and now.reward > first.reward:
+                warnings.append(
+                    f"possible reward hacking in task {task}: on the {now.n} held-out prompts, from step "
+                    f"{first.step} to step {now.step}, the reward rose ({first.reward:.3f} -> {now.reward:.3f}) "
+                    f"while the pass rate fell ({first.pass_rate:.3f} -> {now.pass_rate:.3f}, one-sided "
+                    f"p={p_value:.1e}, significant at {self.confidence:.0%}); check the judges and the KL threshold"
+                )
+        return warnings
+
     def state_dict(self) -> dict[str, Any]:
         return {
             "version": self.STATE_VERSION,
             "history": {k: [list(x) for x in v] for k, v in self.history.items()},
             "quiet_until": dict(self.quiet_until),
+            "first_eval": {k: list(v) for k, v in self.first_eval.items()},
         }
 
     def load_state_dict(self, state: Mapping[str, Any], log: Callable[[str], None] | None = None) -> None:
@@ -157,14 +190,50 @@ class RewardHackingMonitor:
                 for k, v in state["history"].items()
             }
             quiet_until = {str(k): int(v) for k, v in state["quiet_until"].items()}
+            # Absent before held-out evaluations were monitored: the next evaluation becomes the reference.
+            first_eval = {str(k): EvalPoint(int(v[0]), int(v[1]), float(v[2]), float(v[3]))
+                          for k, v in state.get("first_eval", {}).items()}  # fmt: skip
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             (log or _stderr)(
                 f"reward-hacking monitor: the checkpoint's monitor state is unreadable ({exc!r}); "
                 f"starting it afresh (it warns again once {self.window} steps are recorded)"
             )
-            self.history, self.quiet_until = {}, {}
+            self.history, self.quiet_until, self.first_eval = {}, {}, {}
             return
-        self.history, self.quiet_until = history, quiet_until
+        self.history, self.quiet_until, self.first_eval = history, quiet_until, first_eval
+
+
+class EvalPoint(NamedTuple):
+    """One task's held-out evaluation: its ``step``, ``n`` prompts, ``pass_rate`` and (calibrated) ``reward``."""
+
+    step: int
+    n: int
+    pass_rate: float
+    reward: float
+
+    @classmethod
+    def of(cls, step: int, numbers: Mapping[str, Any]) -> EvalPoint | None:
+        """From a task's entry in an evaluation result; None when it lacks a finite pass rate, reward or n."""
+        reward = numbers.get("calibrated_reward", numbers.get("reward"))
+        n, pass_rate = numbers.get("n"), numbers.get("pass_rate")
+        if not (_finite(reward) and _finite(pass_rate) and isinstance(n, int) and n > 0):
+            return None
+        return cls(step, n, float(pass_rate), float(reward))
+
+
+def pass_rate_drop_p_value(before: EvalPoint, after: EvalPoint) -> float:
+    """One-sided p-value of H1 "the pass rate fell from ``before`` to ``after``" (two-proportion z-test).
+
+    ``z = (p0 - p1) / sqrt(p (1 - p) (1/n0 + 1/n1))`` with ``p`` the pooled rate, ``p = 1 - Phi(z)``. Both
+    evaluations are greedy on the same prompts, so they are positively correlated; the unpaired test's
+    variance is then larger than the paired difference's, which makes it conservative (the evaluation
+    keeps no per-prompt verdicts for McNemar's paired test).
+    """
+    pooled = (before.pass_rate * before.n + after.pass_rate * after.n) / (before.n + after.n)
+    se = math.sqrt(pooled * (1 - pooled) * (1 / before.n + 1 / after.n))
+    if se == 0:  # both all-pass or both all-fail: no change to detect
+        return 1.0
+    return 1 - NormalDist().cdf((before.pass_rate - after.pass_rate) / se)
 
 
 class TrendTest(NamedTuple):
@@ -213,7 +282,7 @@ def _finite(value: Any) -> bool:
 
 
 def _stderr(line: str) -> None:
-    print(line, file=sys.stderr)
+    sys.stderr.write(line + "\n")
 
 
 class Progress:

@@ -357,7 +357,7 @@ class CGPOTrainer:
         previous = {sig: signal.signal(sig, self._on_signal) for sig in STOP_SIGNALS}
         try:
             if cfg.eval_every and self.step == 0:
-                self.evaluate()  # the "before" of the run
+                self.monitor.update_eval(self.evaluate())  # the "before" of the run: the monitor's reference
             while self.step < cfg.max_steps:
                 if self._stop_signal is not None:
                     raise TrainingInterrupted
@@ -376,7 +376,8 @@ class CGPOTrainer:
                 if cfg.save_every and self.step % cfg.save_every == 0 and self.step < cfg.max_steps:
                     self.save_checkpoint()
                 if cfg.eval_every and (self.step % cfg.eval_every == 0 or self.step == cfg.max_steps):
-                    self.evaluate()
+                    for warning in self.monitor.update_eval(self.evaluate()):
+                        self.log(f"warning: {warning}")
         except TrainingInterrupted:
             self.log(f"interrupted at step {self.step}: saving a checkpoint")
             self.save_checkpoint()

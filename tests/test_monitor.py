@@ -126,3 +126,49 @@ def test_monitor_settings_are_checked():
         RewardHackingMonitor(window=5)
     with pytest.raises(ValueError, match="confidence"):
         RewardHackingMonitor(confidence=1.0)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Held-out evaluations (training.eval_every)
+# ---------------------------------------------------------------------------------------------------------------
+def _study_evals(run: str) -> list[dict]:
+    """The reward-hacking study's held-out results (examples/reward_hacking/results.json) as two eval rows."""
+    results = json.loads((Path(__file__).parents[1] / "examples" / "reward_hacking" / "results.json").read_text())
+    r = results[run]
+    return [
+        {"step": step, "tasks": {"tiny_instructions_length": {
+            "n": r["eval_prompts"], "pass_rate": r[f"pass_rate_{end}"], "reward": r[f"reward_{end}"],
+            "calibrated_reward": r[f"calibrated_reward_{end}"]}}}
+        for step, end in ((0, "start"), (r["steps"], "end"))
+    ]  # fmt: skip
+
+
+def test_held_out_evaluations_warn_on_the_unconstrained_run_and_not_on_cgpo_or_the_quickstart():
+    monitor = RewardHackingMonitor()
+    warnings = [w for row in _study_evals("unconstrained") for w in monitor.update_eval(row)]
+    assert len(warnings) == 1
+    assert "on the 48 held-out prompts, from step 0 to step 60" in warnings[0] and "0.292 -> 0.000" in warnings[0]
+    monitor = RewardHackingMonitor()
+    assert [w for row in _study_evals("cgpo") for w in monitor.update_eval(row)] == []
+    monitor = RewardHackingMonitor()
+    assert [w for row in _rows("quickstart_eval.jsonl") for w in monitor.update_eval(row)] == []
+    assert monitor.update_eval(None) == []  # what non-main processes pass
+
+
+def test_pass_rate_drop_is_tested_not_just_measured():
+    from cgpo.metrics import EvalPoint, pass_rate_drop_p_value
+
+    # 0.50 -> 0.40 on 48 prompts: pooled 0.45, se = sqrt(0.45 * 0.55 * 2 / 48) = 0.1016, z = 0.984, p = 0.163.
+    assert pass_rate_drop_p_value(EvalPoint(0, 48, 0.5, 0.5), EvalPoint(9, 48, 0.4, 0.6)) == pytest.approx(
+        0.1625, abs=1e-3
+    )
+    monitor = RewardHackingMonitor()
+    for step, pass_rate, reward in ((0, 0.5, 0.5), (10, 0.4, 0.9)):  # a fall within noise: no warning
+        assert (
+            monitor.update_eval({"step": step, "tasks": {"t": {"n": 48, "pass_rate": pass_rate, "reward": reward}}})
+            == []
+        )
+    state = json.loads(json.dumps(monitor.state_dict()))
+    resumed = RewardHackingMonitor()
+    resumed.load_state_dict(state)  # the step-0 reference survives a checkpoint
+    assert resumed.update_eval({"step": 20, "tasks": {"t": {"n": 48, "pass_rate": 0.1, "reward": 0.9}}})
