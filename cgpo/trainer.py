@@ -353,7 +353,9 @@ class CGPOTrainer:
         cfg = self.config.training
         names = [t.name for t in self.tasks]
         progress = Progress(self.config.logging.progress, cfg.max_steps, self.step, self.log) if self.is_main else None
-        judge_alarm = JudgeErrorAlarm({t.name: t.judge_error_alarm for t in self.config.tasks}, self.log)
+        # Fed each step's metrics, which are averaged over processes: every process stops at the same step.
+        judge_alarm = JudgeErrorAlarm({t.name: t.judge_error_alarm for t in self.config.tasks},
+                                      self.log if self.is_main else lambda line: None)  # fmt: skip
         previous = {sig: signal.signal(sig, self._on_signal) for sig in STOP_SIGNALS}
         try:
             if cfg.eval_every and self.step == 0:
