@@ -82,8 +82,9 @@ def test_monitor_warns_on_a_clear_opposite_trend_and_not_on_a_shared_one():
 # ---------------------------------------------------------------------------------------------------------------
 # Real runs
 # ---------------------------------------------------------------------------------------------------------------
-def test_no_warning_on_the_quickstarts_ordinary_run():
-    assert _feed(RewardHackingMonitor(), _rows("quickstart_metrics.jsonl")) == []
+@pytest.mark.parametrize("run", ["quickstart_metrics.jsonl", "reward_hacking_cgpo_metrics.jsonl"])
+def test_no_warning_on_ordinary_runs_the_quickstart_and_the_studys_cgpo_run(run):
+    assert _feed(RewardHackingMonitor(), _rows(run)) == []
 
 
 def test_warning_on_the_reward_hacking_studys_unconstrained_run():
