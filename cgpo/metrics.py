@@ -1,4 +1,4 @@
-"""Run feedback: ``metrics.jsonl``, phase timers, the reward-hacking monitor and the progress display.
+"""Run feedback: ``metrics.jsonl``, phase timers, the reward-hacking monitor (a trend test) and the progress display.
 
 Metric keys (one JSON line per step): ``step``, ``loss``, ``lr``, ``grad_norm``, ``time/<phase>`` (seconds
 for generate, judge, reward, forward_backward, optimizer, step, and ``overhead``: the step minus those
