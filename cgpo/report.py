@@ -464,7 +464,8 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
     ]
 
 
-#: Smallest pass-rate drop (absolute) that the summary calls a fall, as RewardHackingMonitor's min_pass_drop.
+#: Smallest pass-rate drop (absolute) that the report summary calls a fall (a display rule; the training-time
+#: monitor, cgpo.metrics.RewardHackingMonitor, uses a trend test instead).
 MIN_PASS_DROP = 0.05
 
 

@@ -472,7 +472,7 @@ class CGPOTrainer:
         for task in self.tasks:
             task.sampler.load_state_dict(state["samplers"][task.name])
             task.scorer.load_state_dict(scorers[task.name])
-        self.monitor.load_state_dict(state["monitor"])
+        self.monitor.load_state_dict(state["monitor"], log=self.log)
         self.step = int(state["step"])
         if self.is_main:
             self.metrics.truncate_after(self.step)
