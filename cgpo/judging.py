@@ -133,6 +133,12 @@ class Judge(Configurable, ABC):
             return [failed(f"{type(self).__name__} returned {len(verdicts)} verdicts for {n} samples")] * n
         return [_coerce(v, type(self).__name__) for v in verdicts]
 
+    def warm_up(self) -> None:
+        """Start what the first call would otherwise start (worker processes, imports), before training.
+
+        The trainer calls it once in setup so that a step never pays a judge's start-up cost. Default: nothing.
+        """
+
     def close(self) -> None:
         """Release worker processes, HTTP sessions or models. Safe to call twice."""
 
@@ -206,6 +212,11 @@ class MixtureOfJudges:
         columns = list(per_judge.values())
         verdicts = [combine([col[i].value for col in columns]) for i in range(len(completions))]
         return MixtureResult(verdicts=verdicts, per_judge=per_judge)
+
+    def warm_up(self) -> None:
+        """:meth:`Judge.warm_up` of every judge of the mixture."""
+        for judge in self.judges.values():
+            judge.warm_up()
 
     def close(self) -> None:
         for judge in self.judges.values():

@@ -109,6 +109,8 @@ class CGPOTrainer:
         set_seed(cfg.seed)  # identical on every process: LoRA initialization must match across ranks
         self._load_models()
         self.tasks = [self._build_task(task) for task in self.config.tasks]
+        for task in self.tasks:  # judges start their workers now, not inside the first steps
+            task.scorer.mixture.warm_up()
         params = [p for p in self.policy.parameters() if p.requires_grad]
         # The fused AdamW kernel (one kernel for all parameters) where it is known to apply: plain or DDP
         # replicas of floating-point parameters; sharded (FSDP) parameters keep the default implementation.

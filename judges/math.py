@@ -508,6 +508,13 @@ class MathJudge(Judge):
                 )
             return self._pool
 
+    def warm_up(self) -> None:
+        """Start the math-verify workers now (each imports sympy: about 2.7 s), not on the first symbolic answer."""
+        pool = self._workers()
+        # One trivial comparison per worker starts them all. A failure here is not raised: the same failure
+        # recurs on the first real call, which turns it into -1 verdicts with the reason.
+        pool.map([("1/2", "0.5")] * pool.num_workers)
+
     def close(self) -> None:
         """Kill the worker processes (a later call starts new ones)."""
         with self._pool_lock:

@@ -517,3 +517,13 @@ def test_math_judge_conforms():
         params={"timeout_seconds": 10.0},
         failure_injectors={"workers cannot start": workers_that_cannot_start},
     )
+
+
+def test_warm_up_starts_every_worker_before_the_first_symbolic_answer():
+    with MathJudge(answer_format="final_answer", num_workers=2, timeout_seconds=10.0) as judge:
+        judge.warm_up()  # the trainer calls this in setup (cgpo.trainer.CGPOTrainer.setup)
+        pids = judge._workers().pids
+        assert len(pids) == 2
+        [verdict] = judge(["?"], ["The final answer is $\\frac{1}{2}$."], [{"answer": "0.5"}])
+        assert verdict.value == 1, verdict
+        assert judge._workers().pids == pids  # the call used the warm workers, started none
