@@ -6,6 +6,7 @@ completion of the generation group (rows of a task keep their group's padding).
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Any
 
@@ -66,11 +67,12 @@ class DrawnPrompts:
     task: TaskState
     indices: list[int]
 
-    @property
+    # Read by every phase: gathered once per step, not per access.
+    @functools.cached_property
     def records(self) -> list[PromptRecord]:
         return [self.task.records[i] for i in self.indices]
 
-    @property
+    @functools.cached_property
     def prompt_ids(self) -> list[list[int]]:
         return [self.task.prompt_ids[i] for i in self.indices]
 

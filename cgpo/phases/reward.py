@@ -17,9 +17,7 @@ def score_rollouts(judged: Sequence[Judged]) -> list[Scored]:
     jobs = [(j.task.scorer, j.rollout.drawn.records, j.rollout.rollout.texts) for j in judged]
     raw = score_together(jobs)
     out = []
-    for j, values in zip(judged, raw, strict=True):
-        rewards, calibrated, _ = j.task.scorer.rewards(
-            j.rollout.drawn.records, j.rollout.rollout.texts, j.verdicts, baselines=j.rollout.baselines, raw=values
-        )
+    for (scorer, records, texts), j, values in zip(jobs, judged, raw, strict=True):
+        rewards, calibrated, _ = scorer.rewards(records, texts, j.verdicts, baselines=j.rollout.baselines, raw=values)
         out.append(Scored(j, rewards, calibrated))
     return out
