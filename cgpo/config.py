@@ -411,6 +411,8 @@ class TrainingConfig:
         eval_every: Evaluate on the eval splits every N steps, before the first and after the last (none or 0:
             never during training).
         lora: LoRA settings; none trains all weights.
+        overlap_judging: Run the judges and reward models (phases 2-3) in a worker thread while the policy and
+            reference log-prob passes run, joining before the loss; the results are the same either way.
     """
 
     max_steps: int
@@ -430,6 +432,7 @@ class TrainingConfig:
     keep_checkpoints: int = 3
     eval_every: int | None = None
     lora: LoraConfig | None = None
+    overlap_judging: bool = True
 
     def __post_init__(self) -> None:
         _positive("max_steps", self.max_steps)

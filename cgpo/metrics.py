@@ -1,8 +1,10 @@
 """Run feedback: ``metrics.jsonl``, phase timers, the reward-hacking monitor (a trend test) and the progress display.
 
 Metric keys (one JSON line per step): ``step``, ``loss``, ``lr``, ``grad_norm``, ``time/<phase>`` (seconds
-for generate, judge, reward, forward_backward, optimizer, step, and ``overhead``: the step minus those
-phases), ``tokens_per_s``; and per task ``task/<name>/{reward, calibrated_reward, pass_rate, kl, loss,
+for generate, judge, reward, judge_wait, forward_backward, optimizer, step, and ``overhead``: the step
+minus the phases the main thread ran; with ``training.overlap_judging`` judge and reward run in a worker
+thread beside forward_backward, and judge_wait is the main thread's time blocked on them),
+``tokens_per_s``; and per task ``task/<name>/{reward, calibrated_reward, pass_rate, kl, loss,
 skipped_prompts}`` and ``task/<name>/judge/<judge>/{violation_rate, error_rate}``.
 """
 
@@ -11,6 +13,7 @@ from __future__ import annotations
 import json
 import math
 import sys
+import threading
 import time
 from collections import Counter, defaultdict, deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -19,7 +22,7 @@ from pathlib import Path
 from statistics import NormalDist
 from typing import Any, NamedTuple, TextIO
 
-PHASES = ("generate", "judge", "reward", "forward_backward", "optimizer")
+PHASES = ("generate", "judge", "reward", "judge_wait", "forward_backward", "optimizer")
 
 
 class PhaseTimer:
@@ -27,19 +30,25 @@ class PhaseTimer:
 
     def __init__(self) -> None:
         self.seconds: dict[str, float] = defaultdict(float)
+        self.background: set[str] = set()  # phases timed in a worker thread, beside the main thread's
+        self._lock = threading.Lock()
 
     @contextmanager
-    def __call__(self, phase: str) -> Iterator[None]:
+    def __call__(self, phase: str, *, background: bool = False) -> Iterator[None]:
         start = time.perf_counter()
         try:
             yield
         finally:
-            self.seconds[phase] += time.perf_counter() - start
+            with self._lock:
+                self.seconds[phase] += time.perf_counter() - start
+                if background:
+                    self.background.add(phase)
 
     def metrics(self, step_seconds: float) -> dict[str, float]:
         out = {f"time/{phase}": round(self.seconds.get(phase, 0.0), 6) for phase in PHASES}
         out["time/step"] = round(step_seconds, 6)
-        out["time/overhead"] = round(max(0.0, step_seconds - sum(self.seconds.get(p, 0.0) for p in PHASES)), 6)
+        foreground = sum(self.seconds.get(p, 0.0) for p in PHASES if p not in self.background)
+        out["time/overhead"] = round(max(0.0, step_seconds - foreground), 6)
         return out
 
 

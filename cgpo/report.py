@@ -60,7 +60,7 @@ RUN_PANELS: tuple[tuple[str, str], ...] = (
 )
 
 #: Phases of ``time/<phase>`` in the order the trainer runs them (see cgpo.metrics.PHASES) plus overhead.
-PHASES = ("generate", "judge", "reward", "forward_backward", "optimizer", "overhead")
+PHASES = ("generate", "judge", "reward", "judge_wait", "forward_backward", "optimizer", "overhead")
 
 _JUDGE_STYLES = ("-", "--", ":", "-.")
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.-]")

@@ -39,10 +39,11 @@ from cgpo.metrics import MetricsWriter, PhaseTimer, Progress, RewardHackingMonit
 from cgpo.models import quiet_library_progress_bars, resolve_model_path
 from cgpo.optimizers import OPTIMIZERS
 from cgpo.phases.backward import weighted_backward
-from cgpo.phases.batches import DrawnPrompts, RolloutGroup, StepModels, TaskRollout, TaskState, TaskUpdate
+from cgpo.phases.batches import DrawnPrompts, RolloutGroup, Scored, StepModels, TaskRollout, TaskState, TaskUpdate
 from cgpo.phases.judge import judge_rollouts
-from cgpo.phases.loss import task_losses
+from cgpo.phases.loss import sample_logprobs, task_losses
 from cgpo.phases.metrics import reduce_floats, task_metrics
+from cgpo.phases.overlap import Pending
 from cgpo.phases.reward import score_rollouts
 from cgpo.phases.rollout import fitting_prompts, generate_rollouts
 from cgpo.phases.update import optimizer_step
@@ -272,13 +273,21 @@ class CGPOTrainer:
             rollouts = generate_rollouts(
                 drawn, models, max_batch_size=self.config.generation.max_batch_size, policy_name=self.policy_path
             )
-        with timer("judge"):  # 2. each task's mixture of judges, on the samples and on a_bar
-            judged = judge_rollouts(rollouts)
-        with timer("reward"):  # 3. raw and calibrated rewards
-            scored = score_rollouts(judged)
-        with timer("forward_backward"):
-            # 4. log-probs and each task's loss L_l; 5. one backward of sum_l rho_l L_l
-            losses = task_losses(scored, models, with_grad=training.micro_batch_size is None)
+        overlap = training.overlap_judging
+
+        def judge_and_score() -> list[Scored]:  # in a worker thread while 4a runs: only the loss reads them
+            with timer("judge", background=overlap):  # 2. each task's mixture of judges, on samples and a_bar
+                judged = judge_rollouts(rollouts)
+            with timer("reward", background=overlap):  # 3. raw and calibrated rewards
+                return score_rollouts(judged)
+
+        pending = Pending(judge_and_score, timer, background=overlap)
+        with_grad = training.micro_batch_size is None
+        with timer("forward_backward"):  # 4a. the samples' log-probs under the policy and pi_ref
+            logprobs = sample_logprobs(rollouts, models, with_grad=with_grad)
+        scored = pending.result()
+        with timer("forward_backward"):  # 4b. each task's loss L_l; 5. one backward of sum_l rho_l L_l
+            losses = task_losses(scored, logprobs, models, with_grad=with_grad)
             updates = weighted_backward(
                 losses, models, self.accelerator, micro_batch_size=training.micro_batch_size, step=step, log=self.log
             )

@@ -17,32 +17,39 @@ import torch
 
 from cgpo.config import SamplingConfig
 from cgpo.optimizers import PolicyBatch
-from cgpo.phases.batches import Scored, StepModels, TaskLoss
+from cgpo.phases.batches import Scored, StepModels, TaskLoss, TaskRollout
 from cgpo.rollout import Rollout, left_pad, right_pad, token_logprobs
 
 #: ``([N, C] policy log-probs, [N, C] tempered policy log-probs or None, [N, C] reference log-probs)``.
 TokenLogprobs = tuple[torch.Tensor, "torch.Tensor | None", torch.Tensor]
 
 
-def task_losses(scored: Sequence[Scored], models: StepModels, *, with_grad: bool) -> list[TaskLoss]:
-    """Phase 4 for every task: log-probs, the ``[B, K]`` :class:`PolicyBatch`, the objective's loss.
+def sample_logprobs(rollouts: Sequence[TaskRollout], models: StepModels, *, with_grad: bool) -> list[TokenLogprobs]:
+    """Phase 4a for every task: the ``[N, C]`` token log-probs of its samples (nothing here reads a verdict).
 
     Args:
-        scored: Every task's scored samples.
+        rollouts: Every task's samples.
         models: Policy, reference, tokenizer.
-        with_grad: Forwards with gradients, one per generation group (no micro-batching); otherwise
-            no-grad forwards per task and a loss on detached log-probs (micro-batching).
+        with_grad: Forwards with gradients, one per generation group (no micro-batching), each task's rows
+            sliced from its group's; otherwise no-grad forwards per task (micro-batching).
     """
-    if with_grad:  # one forward of each model per generation group, shared by the group's tasks
-        forwards: dict[int, TokenLogprobs] = {}
-        for s in scored:
-            group = s.rollout.group
-            if id(group) not in forwards:
-                forwards[id(group)] = rollout_logprobs(group.rollout, group.sampling, models, grad=True)
-        per_task = [_rows(forwards[id(s.rollout.group)], s.rollout.rows) for s in scored]
-    else:
-        per_task = [rollout_logprobs(s.rollout.rollout, s.task.config.sampling, models, grad=False) for s in scored]
-    return [task_loss(s, logprobs, models, grad=with_grad) for s, logprobs in zip(scored, per_task, strict=True)]
+    if not with_grad:
+        return [rollout_logprobs(r.rollout, r.task.config.sampling, models, grad=False) for r in rollouts]
+    forwards: dict[int, TokenLogprobs] = {}  # one forward of each model per group, shared by its tasks
+    for r in rollouts:
+        if id(r.group) not in forwards:
+            forwards[id(r.group)] = rollout_logprobs(r.group.rollout, r.group.sampling, models, grad=True)
+    return [_rows(forwards[id(r.group)], r.rows) for r in rollouts]
+
+
+def task_losses(
+    scored: Sequence[Scored], logprobs: Sequence[TokenLogprobs], models: StepModels, *, with_grad: bool
+) -> list[TaskLoss]:
+    """Phase 4b for every task: the ``[B, K]`` :class:`PolicyBatch` from its log-probs and verdicts, the loss.
+
+    ``logprobs`` are :func:`sample_logprobs` of the same tasks, in the same order; ``with_grad`` as there.
+    """
+    return [task_loss(s, lp, models, grad=with_grad) for s, lp in zip(scored, logprobs, strict=True)]
 
 
 def rollout_logprobs(rollout: Rollout, sampling: SamplingConfig, models: StepModels, *, grad: bool) -> TokenLogprobs:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from contextlib import contextmanager
 
 import cgpo.phases.rollout as rollout_phase
@@ -16,18 +17,22 @@ from cgpo.trainer import CGPOTrainer
 
 
 class RecordingTimer(PhaseTimer):
-    """A PhaseTimer that knows which phase is running."""
+    """A PhaseTimer that knows which phase is running in each thread (judging may run in a worker thread)."""
 
-    current: str | None = None
+    _running = threading.local()
 
     @contextmanager
-    def __call__(self, phase: str):
-        RecordingTimer.current = phase
+    def __call__(self, phase: str, **kwargs):
+        RecordingTimer._running.phase = phase
         try:
-            with super().__call__(phase):
+            with super().__call__(phase, **kwargs):
                 yield
         finally:
-            RecordingTimer.current = None
+            RecordingTimer._running.phase = None
+
+    @classmethod
+    def current(cls) -> str | None:
+        return getattr(cls._running, "phase", None)
 
 
 def test_a_bar_is_generated_in_the_generate_phase_and_judged_in_the_judge_phase(write_run_config, monkeypatch):
@@ -39,13 +44,13 @@ def test_a_bar_is_generated_in_the_generate_phase_and_judged_in_the_judge_phase(
     original_generate = rollout_phase.generate
 
     def recording_generate(model, *args, **kwargs):
-        calls.append(("reference" if model is trainer.reference else "policy", RecordingTimer.current))
+        calls.append(("reference" if model is trainer.reference else "policy", RecordingTimer.current()))
         return original_generate(model, *args, **kwargs)
 
     original_verdicts = TaskScorer.baseline_verdicts
 
     def recording_verdicts(self, *args, **kwargs):
-        calls.append(("a_bar verdicts", RecordingTimer.current))
+        calls.append(("a_bar verdicts", RecordingTimer.current()))
         return original_verdicts(self, *args, **kwargs)
 
     monkeypatch.setattr(trainer_module, "PhaseTimer", RecordingTimer)
