@@ -11,8 +11,7 @@ A step of :class:`cgpo.trainer.CGPOTrainer` reads top to bottom::
     updates  = backward.weighted_backward(losses)       5. backward of sum_l rho_l L_l (normalized across processes)
     norm     = update.optimizer_step(...)               6. one clip, one AdamW step, one scheduler step
 
-Phases 2-3 need only the rollouts and only 4b reads them, so with ``training.overlap_judging`` (the
-default) they run in a worker thread while 4a runs (:mod:`cgpo.phases.overlap`), with the same results.
+Phases 2-3 need only the rollouts and only 4b reads them, so with ``training.overlap_judging`` they run in a worker thread while 4a runs (:mod:`cgpo.phases.overlap`), with the same results.
 
 Each phase is a plain function from the dataclasses of :mod:`cgpo.phases.batches` to the next ones; none
 of them keeps state. ``cgpo eval`` (:mod:`cgpo.evaluation`) uses the same prompt filter, generation
