@@ -3,7 +3,7 @@
 Layout of ``OUTPUT_DIR/checkpoints/step-N/``::
 
     policy/              save_pretrained of the policy (the LoRA adapter only, with LoRA)
-    optimizer.pt         optimizer state
+    optimizer.pt         optimizer state (absent with ``training.save_optimizer_state: false``)
     scheduler.pt         learning-rate scheduler state
     rng-<rank>.pt        Python, NumPy and torch (CPU and CUDA) RNG states of each process
     scorers-<rank>.json  each process's per-task baseline caches (generated a_bar and r(s, a_bar))
@@ -47,6 +47,7 @@ from cgpo.errors import UserError
 
 STATE_FILE = "trainer_state.json"
 MANIFEST_FILE = "manifest.json"
+OPTIMIZER_FILE = "optimizer.pt"
 MANIFEST_VERSION = 1
 _STEP_DIR = re.compile(r"^step-(\d+)$")
 # safetensors (Rust) reports an I/O failure only in its message: "... I/O error: File too large (os error 27)".
@@ -301,20 +302,22 @@ def write_main_files(
     model: Any,
     weights: Mapping[str, Any],
     tokenizer: Any,
-    optimizer: Any,
+    optimizer: Any | None,
     scheduler: Any,
     state: Mapping[str, Any],
 ) -> None:
     """The main process's part of a checkpoint (model, optimizer, scheduler, trainer state).
 
     ``weights`` is the full state dict gathered from every process (``accelerator.get_state_dict``).
+    ``optimizer`` None leaves ``optimizer.pt`` out (``training.save_optimizer_state: false``).
     Raises ``CheckpointWriteError`` (the staging folder removed) when a write fails.
     """
     with _staging_removed_on_failure(staging):
         with _write_errors_named(staging / "policy"):
             model.save_pretrained(staging / "policy", state_dict=dict(weights), safe_serialization=True)
             tokenizer.save_pretrained(staging / "policy")
-        torch_save(optimizer.state_dict(), staging / "optimizer.pt")
+        if optimizer is not None:
+            torch_save(optimizer.state_dict(), staging / OPTIMIZER_FILE)
         torch_save(scheduler.state_dict(), staging / "scheduler.pt")
         # The state file is what marks a checkpoint complete: write it last, atomically.
         tmp = staging / (STATE_FILE + ".tmp")

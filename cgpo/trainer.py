@@ -453,7 +453,8 @@ class CGPOTrainer:
         self.accelerator.wait_for_everyone()
         if self.is_main:
             ckpt.write_main_files(staging, model=self.unwrapped, weights=weights, tokenizer=self.tokenizer,
-                                  optimizer=self.optimizer, scheduler=self.scheduler, state=self._trainer_state())  # fmt: skip
+                                  optimizer=self.optimizer if self.config.training.save_optimizer_state else None,
+                                  scheduler=self.scheduler, state=self._trainer_state())  # fmt: skip
             final = ckpt.publish(staging, self.step, self.config.training.keep_checkpoints)
             self.log(f"checkpoint: {final}")
         self.accelerator.wait_for_everyone()
@@ -477,8 +478,8 @@ class CGPOTrainer:
                 "resume with the same number of processes or start afresh with --fresh"
             )
         self._load_weights(folder / "policy")
-        self.optimizer.load_state_dict(torch.load(folder / "optimizer.pt", weights_only=False))
         self.scheduler.load_state_dict(torch.load(folder / "scheduler.pt", weights_only=False))
+        self._load_optimizer(folder)
         scorers = ckpt.load_process_state(folder, self.rank)
         for task in self.tasks:
             task.sampler.load_state_dict(state["samplers"][task.name])
@@ -489,6 +490,19 @@ class CGPOTrainer:
             self.metrics.truncate_after(self.step)
             self.evals.truncate_after(self.step)
         self.log(f"resumed from {folder} (step {self.step})")
+
+    def _load_optimizer(self, folder: Path) -> None:
+        """AdamW's saved state, or, in a checkpoint written without it, a logged fresh start of its moments."""
+        path = folder / ckpt.OPTIMIZER_FILE
+        if path.is_file():
+            self.optimizer.load_state_dict(torch.load(path, weights_only=False))
+            return
+        # The fresh AdamW holds the schedule's step-0 rate; the next update must use the resumed step's.
+        for group, lr in zip(self.optimizer.param_groups, self.scheduler.get_last_lr()):
+            group["lr"] = lr
+        if self.is_main:
+            self.log(f"{folder} has no {ckpt.OPTIMIZER_FILE} (training.save_optimizer_state was false): "
+                     "AdamW restarts with fresh moments; weights, scheduler, RNG and prompt order are resumed")  # fmt: skip
 
     def _load_weights(self, folder: Path) -> None:
         from safetensors.torch import load_file
