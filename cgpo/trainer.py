@@ -498,7 +498,7 @@ class CGPOTrainer:
             self.optimizer.load_state_dict(torch.load(path, weights_only=False))
             return
         # The fresh AdamW holds the schedule's step-0 rate; the next update must use the resumed step's.
-        for group, lr in zip(self.optimizer.param_groups, self.scheduler.get_last_lr()):
+        for group, lr in zip(self.optimizer.param_groups, self.scheduler.get_last_lr(), strict=True):
             group["lr"] = lr
         if self.is_main:
             self.log(f"{folder} has no {ckpt.OPTIMIZER_FILE} (training.save_optimizer_state was false): "
