@@ -183,6 +183,7 @@ class RewardConfig:
             raise Invalid("params", "only applies to 'function'")
         _positive("batch_size", self.batch_size)
         _positive("max_length", self.max_length)
+        _check_named_source("model", self.model)
 
     @property
     def kind(self) -> Literal["model", "function", "none"]:
@@ -352,8 +353,19 @@ class ModelConfig:
     def __post_init__(self) -> None:
         if self.path.startswith(TINY_PREFIX) and self.path[len(TINY_PREFIX) :] not in TINY_MODELS:
             raise Invalid("path", f"the embedded tiny models are {', '.join(TINY_PREFIX + m for m in TINY_MODELS)}")
+        _check_named_source("path", self.path)
         if _looks_local(self.path) and not Path(self.path).expanduser().is_dir():
             raise Invalid("path", f"model directory '{self.path}' not found")
+
+
+def _check_named_source(key: str, path: str | None) -> None:
+    """A ``family:variant`` name of :mod:`cgpo.model_sources` must be a known variant: refused here, before loading."""
+    from cgpo.model_sources import SOURCES, is_named_source
+
+    if path is not None and is_named_source(path) and path not in SOURCES:
+        family = path.partition(":")[0]
+        known = ", ".join(name for name in sorted(SOURCES) if name.startswith(family + ":"))
+        raise Invalid(key, f"unknown model source '{path}'; the {family} sources are {known}")
 
 
 def _looks_local(path: str) -> bool:
