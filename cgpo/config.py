@@ -166,7 +166,14 @@ class RewardConfig:
             (generated once by the reference model and cached), or ``none`` (r(s,a_bar) = 0, so the
             calibrated reward is sigmoid(r): a reward in {0, 1} becomes 0.5 or 0.73).
         batch_size: Reward-model scoring batch size.
-        max_length: Truncate scored sequences to this many tokens (default: the model's limit).
+        max_length: Truncate scored sequences to this many tokens, keeping the end (>= 2; default: the
+            model's limit).
+        dtype: The reward model's weights: ``float32``, ``bfloat16``, ``float16``, ``auto`` (the
+            checkpoint's own); none: float32 on CPU, bfloat16 on an accelerator.
+        append_eos: Append the RM tokenizer's EOS to every scored sequence that does not end with it (RMs
+            trained by TRL's RewardTrainer saw one).
+        chat_template: ``auto`` formats with the RM tokenizer's chat template when it has one, ``always``
+            requires one, ``never`` scores ``prompt + completion``.
     """
 
     model: str | None = None
@@ -175,6 +182,9 @@ class RewardConfig:
     baseline: Literal["reference", "generated", "none"] = "generated"
     batch_size: int = 32
     max_length: int | None = None
+    dtype: Literal["float32", "bfloat16", "float16", "auto"] | None = None
+    append_eos: bool = False
+    chat_template: Literal["auto", "always", "never"] = "auto"
 
     def __post_init__(self) -> None:
         if self.model is not None and self.function is not None:
@@ -182,7 +192,14 @@ class RewardConfig:
         if self.params and self.function is None:
             raise Invalid("params", "only applies to 'function'")
         _positive("batch_size", self.batch_size)
-        _positive("max_length", self.max_length)
+        if self.max_length is not None and self.max_length < 2:
+            raise Invalid("max_length", f"must be >= 2 or null (the end of the prompt and the completion), "
+                                        f"got {self.max_length}")  # fmt: skip
+        _check_named_source("model", self.model)
+        if self.model is None:
+            for key, default in (("dtype", None), ("append_eos", False), ("chat_template", "auto")):
+                if getattr(self, key) != default:
+                    raise Invalid(key, "only applies to 'model' (a reward model)")
         _check_named_source("model", self.model)
 
     @property
