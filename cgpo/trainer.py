@@ -441,30 +441,41 @@ class CGPOTrainer:
         }
 
     def save_checkpoint(self) -> None:
-        """Write ``checkpoints/step-N`` atomically; keep the newest ``keep_checkpoints``."""
+        """Write ``checkpoints/step-N`` atomically; keep the newest ``keep_checkpoints``.
+
+        Raises ``CheckpointWriteError`` on every process when any process's write failed (the staging folder
+        removed, the previous checkpoints untouched).
+        """
         staging = ckpt.staging_dir(self.output_dir, self.step)
-        if self.is_main:
-            staging.mkdir(parents=True, exist_ok=True)
-        self.accelerator.wait_for_everyone()
+        # A failed write (a full disk) is reported, not raised, so that every process reaches the next
+        # agreement and all stop at once with the same error instead of waiting at a barrier for the timeout.
+        failure = ckpt.write_failure(lambda: ckpt.make_staging(staging)) if self.is_main else None
+        ckpt.agree_on_write_failures(self.accelerator, failure, staging)
         # Per process: RNG states and the scorers' baseline caches (each process generates its own a_bar).
-        ckpt.write_process_state(staging, self.rank, {t.name: t.scorer.state_dict() for t in self.tasks})
+        scorers = {t.name: t.scorer.state_dict() for t in self.tasks}
+        failure = ckpt.write_failure(
+            lambda: ckpt.write_process_state(staging, self.rank, scorers, remove_staging=False)
+        )
         # Gathered on every process (FSDP shards the weights), written by the main one.
         weights = self.accelerator.get_state_dict(self.policy)
-        self.accelerator.wait_for_everyone()
-        if self.is_main:
-            ckpt.write_main_files(staging, model=self.unwrapped, weights=weights, tokenizer=self.tokenizer,
-                                  optimizer=self.optimizer if self.config.training.save_optimizer_state else None,
-                                  scheduler=self.scheduler, state=self._trainer_state())  # fmt: skip
-            final = ckpt.publish(staging, self.step, self.config.training.keep_checkpoints)
-            self.log(f"checkpoint: {final}")
-        self.accelerator.wait_for_everyone()
+        ckpt.agree_on_write_failures(self.accelerator, failure, staging)
+        failure = ckpt.write_failure(lambda: self._publish_checkpoint(staging, weights)) if self.is_main else None
+        ckpt.agree_on_write_failures(self.accelerator, failure, staging)
+
+    def _publish_checkpoint(self, staging: Path, weights: Any) -> None:
+        """The main process's files, then the manifest and the rename to ``step-N`` (main process only)."""
+        ckpt.write_main_files(staging, model=self.unwrapped, weights=weights, tokenizer=self.tokenizer,
+                              optimizer=self.optimizer if self.config.training.save_optimizer_state else None,
+                              scheduler=self.scheduler, state=self._trainer_state())  # fmt: skip
+        final = ckpt.publish(staging, self.step, self.config.training.keep_checkpoints)
+        self.log(f"checkpoint: {final}")
 
     def _resume_or_start(self) -> None:
         if self.is_main:
             ckpt.remove_stale_staging(self.output_dir)
         # The newest checkpoint whose files match their manifest; each skipped one is logged with the reason.
         quiet = self.log if self.is_main else (lambda line: None)
-        folder = None if self.fresh else ckpt.latest_valid_checkpoint(self.output_dir, quiet)
+        folder = None if self.fresh else ckpt.agreed_resume_checkpoint(self.accelerator, self.output_dir, quiet)
         self._check_saved_config(resuming=folder is not None)
         if folder is None:
             if self.is_main:
