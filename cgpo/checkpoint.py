@@ -384,11 +384,13 @@ def write_failure(write: Callable[[], Any]) -> str | None:
 def agree_on_write_failures(accelerator: Any, failure: str | None, staging: Path) -> None:
     """Every process learns whether any process's write failed, and then all raise the same error.
 
-    A collective call (``gather_object`` of each process's message): without it a process whose write
-    failed would leave the others waiting at the next barrier until the collective timeout (30 minutes by
-    default). Each process reports after its own writes, whatever happened; on a failure the main process
-    removes the shared staging folder, and every process raises ``CheckpointWriteError`` with the first
-    failed process's message (naming the process when there are several).
+    A collective call (``gather_object`` of each process's message). Without it the process whose write
+    failed exits alone: with NCCL the others wait at the next barrier until the collective timeout (30
+    minutes by default); with gloo or under torchrun they die of the lost connection or the launcher's
+    SIGTERM, with an unrelated traceback. Each process reports after its own writes, whatever happened; on a
+    failure the main process removes the shared staging folder (no process writes there any more), and
+    every process raises ``CheckpointWriteError`` with the first failed process's message (naming the
+    process when there are several).
     """
     world = accelerator.num_processes
     if world > 1:

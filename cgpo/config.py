@@ -200,7 +200,6 @@ class RewardConfig:
             for key, default in (("dtype", None), ("append_eos", False), ("chat_template", "auto")):
                 if getattr(self, key) != default:
                     raise Invalid(key, "only applies to 'model' (a reward model)")
-        _check_named_source("model", self.model)
 
     @property
     def kind(self) -> Literal["model", "function", "none"]:

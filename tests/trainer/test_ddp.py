@@ -248,8 +248,10 @@ def test_a_failed_checkpoint_write_on_one_rank_stops_every_rank_at_once_with_the
         f"cgpo train: cannot write {staging / 'rng-1.pt'}: File too large "
         "(the disk is full or a file size limit was reached) (on process 1 of 2)"
     )
-    # Both ranks stop with the same line (rank 0's own writes succeeded), in seconds, not after the collective
-    # timeout (30 minutes), which rank 0 would otherwise wait out at the next barrier.
+    # Both ranks stop with the same line (rank 0's own writes succeeded), in seconds. Before the ranks agreed,
+    # rank 1 raised alone: here torchrun then killed rank 0 (SIGTERM) after rank 0 had failed on a file of the
+    # staging folder rank 1 had removed ("rng-0.pt: No such file or directory"); with NCCL rank 0 would have
+    # waited at the next barrier for the collective timeout (30 minutes).
     assert result.stderr.splitlines().count(line) == 2, result.stderr[-4000:]
     assert seconds < 120, seconds
     assert not staging.exists() and ckpt.complete_checkpoints(output_dir) == []
