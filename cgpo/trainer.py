@@ -53,6 +53,10 @@ from cgpo.scoring import TaskScorer
 
 Log = Callable[[str], None]
 
+#: The training keys a resume may change (with ``logging``): how long to train, and what later checkpoints hold
+#: (turning the optimizer state off is the way out of a filling disk without losing the run).
+_CHANGEABLE_ON_RESUME = ("max_steps", "save_optimizer_state")
+
 #: Signals that end a run with a checkpoint (SIGUSR1 does not exist on Windows).
 STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGUSR1") if hasattr(signal, name))
 
@@ -535,7 +539,7 @@ class CGPOTrainer:
             )
 
     def _check_saved_config(self, *, resuming: bool) -> None:
-        """Write the resolved config; when resuming, refuse a config that changed beyond max_steps and logging."""
+        """Write the resolved config; when resuming, refuse a config that changed beyond ``_CHANGEABLE_ON_RESUME``."""
         import yaml
 
         from cgpo.schema import to_dict
@@ -546,8 +550,9 @@ class CGPOTrainer:
             saved = yaml.safe_load(path.read_text(encoding="utf-8"))
             comparable = {k: v for k, v in current.items() if k != "logging"}
             previous = {k: v for k, v in (saved or {}).items() if k != "logging"}
-            comparable["training"] = {k: v for k, v in comparable["training"].items() if k != "max_steps"}
-            previous["training"] = {k: v for k, v in previous.get("training", {}).items() if k != "max_steps"}
+            free = _CHANGEABLE_ON_RESUME
+            comparable["training"] = {k: v for k, v in comparable["training"].items() if k not in free}
+            previous["training"] = {k: v for k, v in previous.get("training", {}).items() if k not in free}
             if comparable != previous:
                 raise UserError(
                     f"{self.output_dir} holds a run with a different config ({path}); resuming would mix two runs. "

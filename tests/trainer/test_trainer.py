@@ -217,7 +217,9 @@ def test_without_optimizer_state_checkpoints_skip_it_and_a_resume_restarts_adamw
     )
     capsys.readouterr()
     lines: list[str] = []
-    trainer = CGPOTrainer(load_run_config(config, ["training.max_steps=3"]), log=lines.append)
+    # Turning the optimizer state back on is a change a resume accepts (as max_steps).
+    overrides = ["training.max_steps=3", "training.save_optimizer_state=true"]
+    trainer = CGPOTrainer(load_run_config(config, overrides), log=lines.append)
     trainer.setup()
     try:
         assert trainer.step == 2
@@ -230,3 +232,4 @@ def test_without_optimizer_state_checkpoints_skip_it_and_a_resume_restarts_adamw
     assert any("has no optimizer.pt" in line and "AdamW restarts" in line for line in lines), lines
     steps = [json.loads(line)["step"] for line in (run_dir(config) / "metrics.jsonl").read_text().splitlines()]
     assert steps == [1, 2, 3]
+    assert (run_dir(config) / "checkpoints" / "step-3" / "optimizer.pt").is_file()
