@@ -376,12 +376,11 @@ class ModelConfig:
 
 def _check_named_source(key: str, path: str | None) -> None:
     """A ``family:variant`` name of :mod:`cgpo.model_sources` must be a known variant: refused here, before loading."""
-    from cgpo.model_sources import SOURCES, is_named_source
+    from cgpo.model_sources import unknown_variant
 
-    if path is not None and is_named_source(path) and path not in SOURCES:
-        family = path.partition(":")[0]
-        known = ", ".join(name for name in sorted(SOURCES) if name.startswith(family + ":"))
-        raise Invalid(key, f"unknown model source '{path}'; the {family} sources are {known}")
+    reason = None if path is None else unknown_variant(path)
+    if reason is not None:
+        raise Invalid(key, reason)
 
 
 def _looks_local(path: str) -> bool:

@@ -187,6 +187,29 @@ def test_cgpo_validate_refuses_an_unknown_variant_with_a_located_line_and_loads_
     assert not home.exists()  # nothing downloaded, converted or cached
 
 
+def test_a_local_llm_judge_refuses_an_unknown_variant_and_a_served_model_may_use_the_name(home, tmp_path, capsys):
+    task = tmp_path / "task.yaml"
+    judge = "{{name: safety, params: {{backend: {backend}, model: 'smollm2:bad-name'{url}}}}}"
+    text = (
+        (REPO_ROOT / "tasks" / "tiny_arithmetic.yaml")
+        .read_text()
+        .replace("  - name: math\n", "  - {judge}\n  - name: math\n")
+    )
+    text = text.replace("path: data/", f"path: {REPO_ROOT / 'tasks' / 'data'}/")
+    task.write_text(text.replace("{judge}", judge.format(backend="local", url="")))
+    assert main(["validate", str(task)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert (
+        len(err) == 1
+        and "judges.0.params.model: unknown model source 'smollm2:bad-name'; the smollm2 sources are" in err[0]
+    )
+    assert err[0].endswith("(line 19)")
+    # Over HTTP "family:tag" is an ordinary served model name (as ollama names them): not refused.
+    task.write_text(text.replace("{judge}", judge.format(backend="http", url=", base_url: 'http://127.0.0.1:9'")))
+    assert main(["validate", str(task)]) == 0, capsys.readouterr().err
+    assert not home.exists()
+
+
 def test_hub_ids_and_paths_are_not_named_sources():
     for path in ("HuggingFaceTB/SmolLM2-135M-Instruct", "./smollm2:135m", "tiny:policy", "smollm2"):
         assert not model_sources.is_named_source(path), path
