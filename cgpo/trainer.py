@@ -53,6 +53,10 @@ from cgpo.scoring import TaskScorer
 
 Log = Callable[[str], None]
 
+#: The training keys a resume may change (with ``logging``): how long to train, and what later checkpoints hold
+#: (turning the optimizer state off is the way out of a filling disk without losing the run).
+_CHANGEABLE_ON_RESUME = ("max_steps", "save_optimizer_state")
+
 #: Signals that end a run with a checkpoint (SIGUSR1 does not exist on Windows).
 STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGUSR1") if hasattr(signal, name))
 
@@ -441,29 +445,41 @@ class CGPOTrainer:
         }
 
     def save_checkpoint(self) -> None:
-        """Write ``checkpoints/step-N`` atomically; keep the newest ``keep_checkpoints``."""
+        """Write ``checkpoints/step-N`` atomically; keep the newest ``keep_checkpoints``.
+
+        Raises ``CheckpointWriteError`` on every process when any process's write failed (the staging folder
+        removed, the previous checkpoints untouched).
+        """
         staging = ckpt.staging_dir(self.output_dir, self.step)
-        if self.is_main:
-            staging.mkdir(parents=True, exist_ok=True)
-        self.accelerator.wait_for_everyone()
+        # A failed write (a full disk) is reported, not raised, so that every process reaches the next
+        # agreement and all stop at once with the same error instead of waiting at a barrier for the timeout.
+        failure = ckpt.write_failure(lambda: ckpt.make_staging(staging)) if self.is_main else None
+        ckpt.agree_on_write_failures(self.accelerator, failure, staging)
         # Per process: RNG states and the scorers' baseline caches (each process generates its own a_bar).
-        ckpt.write_process_state(staging, self.rank, {t.name: t.scorer.state_dict() for t in self.tasks})
+        scorers = {t.name: t.scorer.state_dict() for t in self.tasks}
+        failure = ckpt.write_failure(
+            lambda: ckpt.write_process_state(staging, self.rank, scorers, remove_staging=False)
+        )
         # Gathered on every process (FSDP shards the weights), written by the main one.
         weights = self.accelerator.get_state_dict(self.policy)
-        self.accelerator.wait_for_everyone()
-        if self.is_main:
-            ckpt.write_main_files(staging, model=self.unwrapped, weights=weights, tokenizer=self.tokenizer,
-                                  optimizer=self.optimizer, scheduler=self.scheduler, state=self._trainer_state())  # fmt: skip
-            final = ckpt.publish(staging, self.step, self.config.training.keep_checkpoints)
-            self.log(f"checkpoint: {final}")
-        self.accelerator.wait_for_everyone()
+        ckpt.agree_on_write_failures(self.accelerator, failure, staging)
+        failure = ckpt.write_failure(lambda: self._publish_checkpoint(staging, weights)) if self.is_main else None
+        ckpt.agree_on_write_failures(self.accelerator, failure, staging)
+
+    def _publish_checkpoint(self, staging: Path, weights: Any) -> None:
+        """The main process's files, then the manifest and the rename to ``step-N`` (main process only)."""
+        ckpt.write_main_files(staging, model=self.unwrapped, weights=weights, tokenizer=self.tokenizer,
+                              optimizer=self.optimizer if self.config.training.save_optimizer_state else None,
+                              scheduler=self.scheduler, state=self._trainer_state())  # fmt: skip
+        final = ckpt.publish(staging, self.step, self.config.training.keep_checkpoints)
+        self.log(f"checkpoint: {final}")
 
     def _resume_or_start(self) -> None:
         if self.is_main:
             ckpt.remove_stale_staging(self.output_dir)
         # The newest checkpoint whose files match their manifest; each skipped one is logged with the reason.
         quiet = self.log if self.is_main else (lambda line: None)
-        folder = None if self.fresh else ckpt.latest_valid_checkpoint(self.output_dir, quiet)
+        folder = None if self.fresh else ckpt.agreed_resume_checkpoint(self.accelerator, self.output_dir, quiet)
         self._check_saved_config(resuming=folder is not None)
         if folder is None:
             if self.is_main:
@@ -477,8 +493,8 @@ class CGPOTrainer:
                 "resume with the same number of processes or start afresh with --fresh"
             )
         self._load_weights(folder / "policy")
-        self.optimizer.load_state_dict(torch.load(folder / "optimizer.pt", weights_only=False))
         self.scheduler.load_state_dict(torch.load(folder / "scheduler.pt", weights_only=False))
+        self._load_optimizer(folder)
         scorers = ckpt.load_process_state(folder, self.rank)
         for task in self.tasks:
             task.sampler.load_state_dict(state["samplers"][task.name])
@@ -489,6 +505,19 @@ class CGPOTrainer:
             self.metrics.truncate_after(self.step)
             self.evals.truncate_after(self.step)
         self.log(f"resumed from {folder} (step {self.step})")
+
+    def _load_optimizer(self, folder: Path) -> None:
+        """AdamW's saved state, or, in a checkpoint written without it, a logged fresh start of its moments."""
+        path = folder / ckpt.OPTIMIZER_FILE
+        if path.is_file():
+            self.optimizer.load_state_dict(torch.load(path, weights_only=False))
+            return
+        # The fresh AdamW holds the schedule's step-0 rate; the next update must use the resumed step's.
+        for group, lr in zip(self.optimizer.param_groups, self.scheduler.get_last_lr(), strict=True):
+            group["lr"] = lr
+        if self.is_main:
+            self.log(f"{folder} has no {ckpt.OPTIMIZER_FILE} (training.save_optimizer_state was false): "
+                     "AdamW restarts with fresh moments; weights, scheduler, RNG and prompt order are resumed")  # fmt: skip
 
     def _load_weights(self, folder: Path) -> None:
         from safetensors.torch import load_file
@@ -510,7 +539,7 @@ class CGPOTrainer:
             )
 
     def _check_saved_config(self, *, resuming: bool) -> None:
-        """Write the resolved config; when resuming, refuse a config that changed beyond max_steps and logging."""
+        """Write the resolved config; when resuming, refuse a config that changed beyond ``_CHANGEABLE_ON_RESUME``."""
         import yaml
 
         from cgpo.schema import to_dict
@@ -521,8 +550,9 @@ class CGPOTrainer:
             saved = yaml.safe_load(path.read_text(encoding="utf-8"))
             comparable = {k: v for k, v in current.items() if k != "logging"}
             previous = {k: v for k, v in (saved or {}).items() if k != "logging"}
-            comparable["training"] = {k: v for k, v in comparable["training"].items() if k != "max_steps"}
-            previous["training"] = {k: v for k, v in previous.get("training", {}).items() if k != "max_steps"}
+            free = _CHANGEABLE_ON_RESUME
+            comparable["training"] = {k: v for k, v in comparable["training"].items() if k not in free}
+            previous["training"] = {k: v for k, v in previous.get("training", {}).items() if k not in free}
             if comparable != previous:
                 raise UserError(
                     f"{self.output_dir} holds a run with a different config ({path}); resuming would mix two runs. "

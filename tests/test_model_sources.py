@@ -157,6 +157,59 @@ def test_an_unknown_variant_names_the_known_ones(home):
     assert not home.exists()
 
 
+@pytest.mark.parametrize(("where", "line"), [("policy", 1), ("reference", 2), ("reward", 5)])
+def test_cgpo_validate_refuses_an_unknown_variant_with_a_located_line_and_loads_nothing(
+    where, line, home, tmp_path, monkeypatch, capsys
+):
+    def no_pip(command: list[str]) -> subprocess.CompletedProcess[str]:
+        raise AssertionError(f"validate must not download anything: {command}")
+
+    monkeypatch.setattr(model_sources, "run_pip", no_pip)
+    bad = '"smollm2:bad-name"'
+    models = {"policy": "tiny:policy", "reference": "tiny:policy", "reward": "tiny:reward", where: bad}
+    config = tmp_path / "run.yaml"
+    config.write_text(
+        f"policy: {{path: {models['policy']}}}\n"
+        f"reference: {{path: {models['reference']}}}\n"
+        "tasks:\n"
+        f"  - include: {REPO_ROOT / 'tasks' / 'tiny_arithmetic.yaml'}\n"
+        f"    reward: {{model: {models['reward']}, baseline: reference}}\n"
+        "training: {max_steps: 1}\n"
+        f"output_dir: {tmp_path / 'run'}\n"
+    )
+    assert main(["validate", str(config)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    key = {"policy": "policy.path", "reference": "reference.path", "reward": "tasks.0.reward.model"}[where]
+    expected = (
+        f"{config}: {key}: unknown model source 'smollm2:bad-name'; the smollm2 sources are smollm2:135m-instruct"
+    )
+    assert err == [f"{expected} (line {line})"]
+    assert not home.exists()  # nothing downloaded, converted or cached
+
+
+def test_a_local_llm_judge_refuses_an_unknown_variant_and_a_served_model_may_use_the_name(home, tmp_path, capsys):
+    task = tmp_path / "task.yaml"
+    judge = "{{name: safety, params: {{backend: {backend}, model: 'smollm2:bad-name'{url}}}}}"
+    text = (
+        (REPO_ROOT / "tasks" / "tiny_arithmetic.yaml")
+        .read_text()
+        .replace("  - name: math\n", "  - {judge}\n  - name: math\n")
+    )
+    text = text.replace("path: data/", f"path: {REPO_ROOT / 'tasks' / 'data'}/")
+    task.write_text(text.replace("{judge}", judge.format(backend="local", url="")))
+    assert main(["validate", str(task)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert (
+        len(err) == 1
+        and "judges.0.params.model: unknown model source 'smollm2:bad-name'; the smollm2 sources are" in err[0]
+    )
+    assert err[0].endswith("(line 19)")
+    # Over HTTP "family:tag" is an ordinary served model name (as ollama names them): not refused.
+    task.write_text(text.replace("{judge}", judge.format(backend="http", url=", base_url: 'http://127.0.0.1:9'")))
+    assert main(["validate", str(task)]) == 0, capsys.readouterr().err
+    assert not home.exists()
+
+
 def test_hub_ids_and_paths_are_not_named_sources():
     for path in ("HuggingFaceTB/SmolLM2-135M-Instruct", "./smollm2:135m", "tiny:policy", "smollm2"):
         assert not model_sources.is_named_source(path), path
