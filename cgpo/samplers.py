@@ -7,7 +7,8 @@ the log-probs and the KL to the student's reference all run on the student's tok
 
 The boundary, in student tokens (T = the task's ``sampling.max_new_tokens``)::
 
-    ids = student(text)                      no special tokens added; the student's unknown token dropped
+    ids = student(text)                      no special tokens added, none recognized in the text (a "</s>"
+                                             the teacher wrote is text); the student's unknown token dropped
     ids = ids + [student eos]  if the teacher ended with its EOS
     ids = ids[:T]                            a completion cut here has no EOS: it ran out of room, exactly as
                                              a sample of the policy's own that reaches T tokens
@@ -91,7 +92,9 @@ def reencode(texts: Sequence[str], finished: Sequence[bool], tokenizer: Any, max
     unk = tokenizer.unk_token_id
     out = []
     for text, done in zip(texts, finished, strict=True):
-        ids = [i for i in tokenizer(text, add_special_tokens=False)["input_ids"] if i != unk]
+        # split_special_tokens: a teacher that writes "</s>" as text wrote four characters, not the student's EOS.
+        encoded = tokenizer(text, add_special_tokens=False, split_special_tokens=True)["input_ids"]
+        ids = [i for i in encoded if i != unk]
         if done:
             ids.append(tokenizer.eos_token_id)
         out.append(ids[:max_new_tokens])

@@ -30,7 +30,7 @@ MAX_NEW = 12
 def distill_config(tmp_path: Path, tiny_models_dir: Path, bpe_model_dir: Path):
     """A run config of two tasks with the BPE teacher as their sampler (crraft and raft), K = 3, T = 12."""
 
-    def write(**task_overrides: object) -> Path:
+    def write(training: dict | None = None, **task_overrides: object) -> Path:
         reward = {"model": str(tiny_models_dir / "reward"), "baseline": "reference"}
         small = {"batch_size": 2, "sampling": {"num_samples": 3, "max_new_tokens": MAX_NEW}}
         sampler = {"path": str(bpe_model_dir), "dtype": "float32"}
@@ -43,7 +43,7 @@ def distill_config(tmp_path: Path, tiny_models_dir: Path, bpe_model_dir: Path):
         config = {
             "policy": {"path": str(tiny_models_dir / "policy")},
             "tasks": tasks,
-            "training": {"max_steps": 1, "learning_rate": 1.0e-2, "seed": 0},
+            "training": {"max_steps": 1, "learning_rate": 1.0e-2, "seed": 0, **(training or {})},
             "output_dir": str(tmp_path / "run"),
             "logging": {"progress": "none"},
         }
@@ -150,16 +150,32 @@ def test_a_train_step_on_teacher_samples_changes_the_student_and_reports_its_met
     assert metrics["task/tiny_arithmetic/opt/kept_prompts"] == 2  # RAFT keeps every prompt: SFT on its best
 
 
+def test_micro_batching_trains_on_the_same_teacher_samples(distill_config):
+    """With micro-batches the forwards run chunk by chunk on the student's re-encoded rollout: same loss."""
+    losses = []
+    for micro in (None, 2):
+        t = CGPOTrainer(load_run_config(distill_config(training={"micro_batch_size": micro})), log=lambda _: None,
+                        fresh=True)  # fmt: skip
+        t.setup()
+        try:
+            torch.manual_seed(11)
+            losses.append(t.train_step()["loss"])
+        finally:
+            t.close()
+    assert losses[0] == pytest.approx(losses[1], rel=1e-4)
+
+
 def test_reencode_appends_the_students_eos_only_to_finished_texts_cuts_at_max_new_tokens_drops_unknowns(
     tiny_tokenizer,
 ):
     eos = tiny_tokenizer.eos_token_id
-    ids = reencode(["ab", "ab", "abcdef", "a東b"], [True, False, True, True], tiny_tokenizer, 4)
+    ids = reencode(["ab", "ab", "abcdef", "a東b", "a</s>"], [True, False, True, True, False], tiny_tokenizer, 4)
     a, b = tiny_tokenizer.convert_tokens_to_ids(["a", "b"])
     assert ids[0] == [a, b, eos]
     assert ids[1] == [a, b]  # the teacher ran out of tokens: no EOS
     assert len(ids[2]) == 4 and eos not in ids[2]  # cut at the student's limit: it ran out of room
     assert ids[3] == [a, b, eos]  # a character the student cannot write is left out
+    assert ids[4] == tiny_tokenizer.convert_tokens_to_ids(list("a</s"))  # text, not the student's EOS
 
 
 @pytest.mark.parametrize("optimizer", ["crpg", "codpo"])
