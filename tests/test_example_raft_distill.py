@@ -40,6 +40,9 @@ def _eval(pass_rate: float, reward: float, n: int = 4) -> dict:
 def test_arguments_smoke_sizes_and_the_arms():
     smoke = distill.parse_args(["--out", "x", "--smoke", "--steps", "3"])
     assert (smoke.steps, smoke.seeds, smoke.batch_size, smoke.num_samples, smoke.max_eval_prompts) == (3, [0], 2, 2, 4)
+    assert "tasks.0.sampling.max_new_tokens=64" in distill.overrides(
+        distill.parse_args(["--out", "x", "--max-new-tokens", "64"])
+    )
     full = distill.parse_args(["--out", "x"])
     assert (full.steps, full.seeds, full.teacher) == (None, [0, 1], "smollm2:135m-instruct")
     assert distill.overrides(smoke) == [
@@ -86,7 +89,12 @@ def test_smoke(tmp_path, tiny_models_dir, bpe_model_dir):
             "--policy", str(tiny_models_dir / "policy"), "--reward-model", str(tiny_models_dir / "reward")]  # fmt: skip
     assert distill.main(argv) == 0
     results = json.loads((out / "results.json").read_text())
-    assert (results["steps"], results["prompts_per_step"], results["num_samples"]) == (2, 2, 2)
+    assert (results["steps"], results["prompts_per_step"], results["num_samples"], results["max_new_tokens"]) == (
+        2,
+        2,
+        2,
+        32,
+    )
     assert results["eval_prompts"] == 4 and results["seeds"] == [0] and results["teacher"] == str(bpe_model_dir)
     for arm in ("self", "distill"):
         assert math.isfinite(results["arms"][arm]["pass_rate_end"]) and (out / f"{arm}_s0" / "final").is_dir()

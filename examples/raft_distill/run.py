@@ -20,7 +20,7 @@ The reward model ranks the K samples and the student trains on the best one (SFT
    ``distill``), then ``cgpo eval --model OUT/{arm}_s{S}/final``.
 3. ``OUT/results.json``::
 
-       {"task", "teacher", "steps", "prompts_per_step", "num_samples", "seeds", "eval_prompts",
+       {"task", "teacher", "steps", "prompts_per_step", "num_samples", "max_new_tokens", "seeds", "eval_prompts",
         "start": {"pass_rate", "reward"},
         "arms": {"self": {"pass_rate_end", "pass_rate_end_per_seed", "pass_rate_end_std",
                           "reward_end", "reward_end_per_seed", "reward_end_std",
@@ -63,6 +63,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--steps", type=int, default=None, help="training steps per run (default: config.yaml's)")
     parser.add_argument("--batch-size", type=int, default=None, help="prompts per step (default: config.yaml's)")
     parser.add_argument("--num-samples", type=int, default=None, help="K (default: config.yaml's)")
+    parser.add_argument("--max-new-tokens", type=int, default=None, help="T, training and held-out (default: 32)")
     parser.add_argument(
         "--max-eval-prompts", type=int, default=None, metavar="N", help="held-out prompts (default: all)"
     )
@@ -80,7 +81,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         args.seeds = [0, 1]
     if any(seed < 0 for seed in args.seeds) or len(set(args.seeds)) != len(args.seeds):
         parser.error(f"--seeds must be distinct non-negative integers, got {args.seeds}")
-    for flag in ("steps", "batch_size", "num_samples", "max_eval_prompts", "threads"):
+    for flag in ("steps", "batch_size", "num_samples", "max_new_tokens", "max_eval_prompts", "threads"):
         value = getattr(args, flag)
         if value is not None and value < 1:
             parser.error(f"--{flag.replace('_', '-')} must be at least 1, got {value}")
@@ -98,7 +99,8 @@ def overrides(args: argparse.Namespace) -> list[str]:
     """The ``key=value`` overrides every train and eval call shares (both arms: the same budget)."""
     out = []
     for flag, key in (("steps", "training.max_steps"), ("batch_size", "tasks.0.batch_size"),
-                      ("num_samples", "tasks.0.sampling.num_samples"), ("policy", "policy.path"),
+                      ("num_samples", "tasks.0.sampling.num_samples"),
+                      ("max_new_tokens", "tasks.0.sampling.max_new_tokens"), ("policy", "policy.path"),
                       ("reward_model", "tasks.0.reward.model")):  # fmt: skip
         if getattr(args, flag) is not None:
             out.append(f"{key}={getattr(args, flag)}")
@@ -164,6 +166,7 @@ def table(results: dict[str, Any]) -> str:
     lines = [
         (
             f"RAFT on `{r['task']}`: {r['steps']} steps x {r['prompts_per_step']} prompts x K={r['num_samples']}, "
+            f"T={r['max_new_tokens']} tokens, "
             f"seeds {r['seeds']}, {r['eval_prompts']} held-out prompts (greedy). Teacher: `{r['teacher']}`."
         ),
         "",
@@ -236,6 +239,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "steps": int(resolved["training"]["max_steps"]),
         "prompts_per_step": int(resolved["tasks"][0]["batch_size"]),
         "num_samples": int(resolved["tasks"][0]["sampling"]["num_samples"]),
+        "max_new_tokens": int(resolved["tasks"][0]["sampling"]["max_new_tokens"]),
         "seeds": list(args.seeds),
         "eval_prompts": int(before["n"]),
         "start": {"pass_rate": float(before["pass_rate"]), "reward": float(before["reward"])},
