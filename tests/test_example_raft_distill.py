@@ -98,6 +98,8 @@ def test_smoke(tmp_path, tiny_models_dir, bpe_model_dir):
     assert results["eval_prompts"] == 4 and results["seeds"] == [0] and results["teacher"] == str(bpe_model_dir)
     for arm in ("self", "distill"):
         assert math.isfinite(results["arms"][arm]["pass_rate_end"]) and (out / f"{arm}_s0" / "final").is_dir()
+        samples = [json.loads(line) for line in (out / f"{arm}_s0" / "eval_samples.jsonl").read_text().splitlines()]
+        assert len(samples) == 4 and all("completion" in r for r in samples)
     resolved = yaml.safe_load((out / "distill_s0" / "config.yaml").read_text())
     assert resolved["tasks"][0]["sampler"]["path"] == str(bpe_model_dir)
     assert yaml.safe_load((out / "self_s0" / "config.yaml").read_text())["tasks"][0]["sampler"] is None

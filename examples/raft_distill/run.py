@@ -27,7 +27,8 @@ The reward model ranks the K samples and the student trains on the best one (SFT
                           "train_pass_rate", "train_reward", "seconds_per_step"}, "distill": {...}}}
 
    (``train_*``: the mean over steps and seeds of the training samples' pass rate and reward, i.e. of the
-   samples each arm's writer produced, measured after re-encoding), and ``OUT/results.md``, the same as a table.
+   samples each arm's writer produced, measured after re-encoding), ``OUT/results.md``, the same as a table, and
+   ``OUT/{arm}_s{S}/eval_samples.jsonl``, every held-out completion of that final model with its verdicts.
 
 Every step is the real command line (``cgpo.cli.main``, in this process so that torch loads once); the output of
 each call goes to ``OUT/logs/``.
@@ -203,8 +204,10 @@ def train_arm(args: argparse.Namespace, arm: str, out: Path, say: Any) -> tuple[
         if (sampler is not None) != (arm == "distill") or resolved["training"]["seed"] != seed:
             raise RuntimeError(f"{run_dir}: the run is not arm {arm} with seed {seed}")
         metrics[seed] = jsonl_objects(run_dir / "metrics.jsonl")
+        # --samples: every held-out completion with its verdicts, to read what each arm learned to write.
         cgpo(["eval", str(CONFIG), *overrides(args), "--model", str(run_dir / "final"),
-              *eval_args(args, run_dir / "eval_end.json")], log_file=out / "logs" / f"eval_{arm}_s{seed}.log")  # fmt: skip
+              *eval_args(args, run_dir / "eval_end.json"), "--samples", str(run_dir / "eval_samples.jsonl")],
+             log_file=out / "logs" / f"eval_{arm}_s{seed}.log")  # fmt: skip
         ends[seed] = json.loads((run_dir / "eval_end.json").read_text(encoding="utf-8"))
         say(f"{arm} seed {seed}: held-out pass rate {single_task(ends[seed])[1]['pass_rate']:.3f}")
     return ends, metrics, seconds
