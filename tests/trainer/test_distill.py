@@ -178,6 +178,20 @@ def test_reencode_appends_the_students_eos_only_to_finished_texts_cuts_at_max_ne
     assert ids[4] == tiny_tokenizer.convert_tokens_to_ids(list("a</s"))  # text, not the student's EOS
 
 
+def test_a_teacher_prompt_too_long_for_the_teachers_positions_is_a_user_error(distill_config):
+    """The student's 256 positions hold prompt + 90 characters; the teacher's 96 do not hold its prompt + 90."""
+    from cgpo.errors import UserError
+
+    sampling = {"num_samples": 2, "max_new_tokens": 90}
+    t = CGPOTrainer(load_run_config(distill_config(sampling=sampling)), log=lambda _: None, fresh=True)
+    t.setup()
+    try:
+        with pytest.raises(UserError, match=r"exceed its 96 positions; lower sampling\.max_new_tokens"):
+            t.train_step()
+    finally:
+        t.close()
+
+
 @pytest.mark.parametrize("optimizer", ["crpg", "codpo"])
 def test_a_sampler_with_an_on_policy_optimizer_is_a_located_config_error(distill_config, capsys, optimizer):
     params = {"beta": 0.1, "lam": 1.0} if optimizer == "codpo" else {}
