@@ -33,6 +33,8 @@ import torch
 from cgpo import checkpoint as ckpt
 from cgpo.config import RunConfig, TaskConfig
 from cgpo.data import TaskSampler, encode_prompt, load_records
+from cgpo.distributed import checkpoint as sharded
+from cgpo.distributed import fsdp
 from cgpo.errors import UserError
 from cgpo.judge_alarm import JudgeErrorAlarm, JudgeErrorAlarmStop
 from cgpo.metrics import MetricsWriter, PhaseTimer, Progress, RewardHackingMonitor
@@ -98,25 +100,36 @@ class CGPOTrainer:
         self.world = self.accelerator.num_processes
         self.rank = self.accelerator.process_index
         if self.accelerator.distributed_type.name == "DEEPSPEED":
-            # accelerate's DeepSpeed engine steps on every synchronized backward, and ZeRO-3 partitions the
-            # frozen reference and reward models too; neither fits one update over several tasks yet.
+            # accelerate's DeepSpeed engine steps on every synchronized backward (one AdamW update per task,
+            # not one on the weighted sum), and ZeRO-3 partitions the frozen reference and reward models,
+            # which never enter an engine. No DeepSpeed path has ever run, so none is shipped.
             raise UserError(
-                "DeepSpeed is not supported by this version of the trainer; launch with DDP "
-                "(configs/accelerate/ddp.yaml) or FSDP (configs/accelerate/fsdp.yaml), see configs/accelerate/README.md"
+                "DeepSpeed is refused: its engine takes an optimizer step on every backward (one per task, not one "
+                "per CGPO step) and no DeepSpeed path of cgpo has been run; for ZeRO-3-style sharding launch "
+                "with FSDP2 (configs/accelerate/fsdp.yaml), else DDP (configs/accelerate/ddp.yaml); see "
+                "configs/accelerate/README.md"
             )
+        # FSDP: cgpo shards the policy itself (cgpo.distributed.fsdp), on GPUs and on CPU alike.
+        self.fsdp = fsdp.fsdp_requested(self.accelerator)
+        if self.fsdp:
+            fsdp.check_run_config(self.config)
         # One run per output_dir: a second one is refused at once, naming the first's pid and host; the lock
         # is a flock, so a killed run never leaves it behind.
         self._lock = RunLock.acquire(self.output_dir) if self.is_main else None
         set_seed(cfg.seed)  # identical on every process: LoRA initialization must match across ranks
         self._load_models()
+        if self.fsdp:  # layer by layer onto the device, sharded as it goes: never the whole policy on one GPU
+            self.policy = fsdp.shard_policy(self.policy, fsdp.fsdp_plugin(self.accelerator))
         self.tasks = [self._build_task(task) for task in self.config.tasks]
         for task in self.tasks:  # judges start their workers now, not inside the first steps
             task.scorer.mixture.warm_up()
         params = [p for p in self.policy.parameters() if p.requires_grad]
         # The fused AdamW kernel (one kernel for all parameters) where it is known to apply: plain or DDP
         # replicas of floating-point parameters; sharded (FSDP) parameters keep the default implementation.
-        fused = self.accelerator.distributed_type.name in ("NO", "MULTI_CPU", "MULTI_GPU") and all(
-            p.is_floating_point() for p in params
+        fused = (
+            not self.fsdp
+            and self.accelerator.distributed_type.name in ("NO", "MULTI_CPU", "MULTI_GPU")
+            and all(p.is_floating_point() for p in params)
         )
         self.optimizer = torch.optim.AdamW(
             params, lr=cfg.learning_rate, betas=tuple(cfg.adam_betas), weight_decay=cfg.weight_decay,
@@ -128,7 +141,10 @@ class CGPOTrainer:
         self.scheduler = get_scheduler(
             cfg.lr_scheduler, self.optimizer, num_warmup_steps=cfg.warmup_steps, num_training_steps=cfg.max_steps
         )
-        self.policy, self.optimizer = self.accelerator.prepare(self.policy, self.optimizer)
+        if self.fsdp and self.accelerator.distributed_type.name != "FSDP":
+            self.optimizer = self.accelerator.prepare(self.optimizer)  # MULTI_CPU would wrap the policy in DDP
+        else:  # accelerate's FSDP keeps the already-sharded policy as it is
+            self.policy, self.optimizer = self.accelerator.prepare(self.policy, self.optimizer)
         # Sampling differs across processes (each draws its own completions), identically on every run.
         set_seed(cfg.seed, device_specific=True)
         self.monitor = RewardHackingMonitor()
@@ -448,12 +464,18 @@ class CGPOTrainer:
         self.accelerator.wait_for_everyone()
         # Per process: RNG states and the scorers' baseline caches (each process generates its own a_bar).
         ckpt.write_process_state(staging, self.rank, {t.name: t.scorer.state_dict() for t in self.tasks})
-        # Gathered on every process (FSDP shards the weights), written by the main one.
-        weights = self.accelerator.get_state_dict(self.policy)
-        self.accelerator.wait_for_everyone()
+        if self.fsdp:  # every process writes its own shards of the weights and AdamW state (DCP)
+            sharded.write_shards(staging, self.unwrapped, self.optimizer.optimizer)
+            self.accelerator.wait_for_everyone()
+            if self.is_main:
+                sharded.write_main_files(staging, scheduler=self.scheduler, state=self._trainer_state())
+        else:  # DDP replicas: the full weights and AdamW state, written by the main process
+            weights = self.accelerator.get_state_dict(self.policy)
+            self.accelerator.wait_for_everyone()
+            if self.is_main:
+                ckpt.write_main_files(staging, model=self.unwrapped, weights=weights, tokenizer=self.tokenizer,
+                                      optimizer=self.optimizer, scheduler=self.scheduler, state=self._trainer_state())  # fmt: skip
         if self.is_main:
-            ckpt.write_main_files(staging, model=self.unwrapped, weights=weights, tokenizer=self.tokenizer,
-                                  optimizer=self.optimizer, scheduler=self.scheduler, state=self._trainer_state())  # fmt: skip
             final = ckpt.publish(staging, self.step, self.config.training.keep_checkpoints)
             self.log(f"checkpoint: {final}")
         self.accelerator.wait_for_everyone()
@@ -471,24 +493,47 @@ class CGPOTrainer:
                 self.evals.truncate_after(-1)
             return
         state = ckpt.read_state(folder)
-        if state["world_size"] != self.world:
+        self._check_world(folder, state)
+        if sharded.is_sharded_checkpoint(state):  # DCP reshards: any number of processes, sharded or not
+            sharded.load_shards(folder, self.unwrapped, self.optimizer.optimizer)
+        elif self.fsdp:
             raise UserError(
-                f"{folder} was written by {state['world_size']} processes, this run has {self.world}; "
-                "resume with the same number of processes or start afresh with --fresh"
+                f"{folder} was written by a run without FSDP (gathered weights); resume it without FSDP "
+                "or start afresh with --fresh"
             )
-        self._load_weights(folder / "policy")
-        self.optimizer.load_state_dict(torch.load(folder / "optimizer.pt", weights_only=False))
+        else:
+            self._load_weights(folder / "policy")
+            self.optimizer.load_state_dict(torch.load(folder / "optimizer.pt", weights_only=False))
         self.scheduler.load_state_dict(torch.load(folder / "scheduler.pt", weights_only=False))
-        scorers = ckpt.load_process_state(folder, self.rank)
+        # A process the checkpoint has no files for (a run on more processes) keeps its seeded RNG streams
+        # and starts with empty baseline caches.
+        scorers = ckpt.load_process_state(folder, self.rank) if self.rank < state["world_size"] else {}
         for task in self.tasks:
             task.sampler.load_state_dict(state["samplers"][task.name])
-            task.scorer.load_state_dict(scorers[task.name])
+            if task.name in scorers:
+                task.scorer.load_state_dict(scorers[task.name])
         self.monitor.load_state_dict(state["monitor"], log=self.log)
         self.step = int(state["step"])
         if self.is_main:
             self.metrics.truncate_after(self.step)
             self.evals.truncate_after(self.step)
         self.log(f"resumed from {folder} (step {self.step})")
+
+    def _check_world(self, folder: Path, state: dict[str, Any]) -> None:
+        """Allow a resume on another number of processes, saying what is restored exactly and what is not."""
+        saved = int(state["world_size"])
+        if saved == self.world:
+            return
+        if not self.is_main:
+            return
+        # DDP checkpoints hold the full (replicated) weights and AdamW state, FSDP ones DCP shards, which DCP
+        # reshards on load; sampler positions count draws from one global permutation shared by all processes.
+        self.log(
+            f"warning: {folder} was written by {saved} processes, this run has {self.world}: weights, AdamW "
+            "state, schedule, step and sampler positions are restored exactly; the global batch is now "
+            f"batch_size x {self.world}, and the sampling streams and baseline caches of each process differ, "
+            "so the run continues but does not reproduce an uninterrupted one"
+        )
 
     def _load_weights(self, folder: Path) -> None:
         from safetensors.torch import load_file
@@ -539,7 +584,7 @@ class CGPOTrainer:
         lora = self.config.training.lora
         # Full weights are gathered on every process first (FSDP shards them; a collective call), exactly as
         # checkpoints do; a LoRA policy is saved from its own modules (adapters, or merged into the base).
-        weights = self.accelerator.get_state_dict(self.policy) if lora is None else None
+        weights = fsdp.full_state_dict(self.accelerator, self.policy) if lora is None else None
         self.accelerator.wait_for_everyone()
         if not self.is_main:
             return

@@ -1,0 +1,252 @@
+"""FSDP2 on 2 CPU processes: the policy really sharded, trained like DDP, checkpointed in shards, resumed.
+
+accelerate 1.16 never shards on CPU: with ``ACCELERATE_USE_CPU=true`` an FSDP launch becomes MULTI_CPU (DDP)
+without a word. cgpo shards the policy itself (``cgpo.distributed.fsdp``) when the launcher asked for FSDP,
+so these tests launch ``accelerate launch --config_file configs/accelerate/fsdp.yaml`` (the shipped file,
+with ``--num_processes 2 --mixed_precision no``) and check that sharding really happened: every parameter
+is a DTensor whose local shard is smaller than the full shape, and the checkpoint holds one shard file per
+process.
+
+The launched probe (written to ``tmp_path``) drives :class:`cgpo.trainer.CGPOTrainer` as ``cgpo train``
+does and writes per-rank evidence (parameter placements, the digest of the gathered weights, each step's
+metrics, the optimizer state's shapes) to ``OUT/rank-{rank}.json``. Nothing in the trainer is instrumented.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+BATCH = 2  # prompts per task per process
+
+PROBE = r'''
+"""Launched once per rank: train with CGPOTrainer, then write this rank's evidence to OUT."""
+import hashlib
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+torch.set_num_threads(1)
+
+from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict  # noqa: E402
+from torch.distributed.tensor import DTensor  # noqa: E402
+
+from cgpo.config_loader import load_run_config  # noqa: E402
+from cgpo.trainer import CGPOTrainer  # noqa: E402
+
+
+def gathered(model):
+    """The full weights on every process (a collective under FSDP), in name order."""
+    if torch.distributed.is_initialized() and any(isinstance(p, DTensor) for p in model.parameters()):
+        state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True))
+    else:
+        state = model.state_dict()
+    return {k: v.detach().to(torch.float32).cpu() for k, v in sorted(state.items())}
+
+
+def digest(state):
+    h = hashlib.sha256()
+    for name, tensor in state.items():
+        h.update(name.encode())
+        h.update(tensor.contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def placements(model):
+    out = {}
+    for name, p in model.named_parameters():
+        local = p.to_local() if isinstance(p, DTensor) else p
+        out[name] = {"dtensor": isinstance(p, DTensor), "full": list(p.shape), "local": list(local.shape)}
+    return out
+
+
+config_path, out = sys.argv[1], Path(sys.argv[2])
+trainer = CGPOTrainer(load_run_config(config_path, sys.argv[3:]), log=lambda message: None, fresh=False)
+trainer.setup()
+resumed_at = trainer.step
+initial = gathered(trainer.unwrapped)
+steps = []
+original_step = trainer.train_step
+
+
+def recording_step():
+    metrics = original_step()
+    steps.append({k: v for k, v in metrics.items() if not k.startswith("time/") and k != "tokens_per_s"})
+    return metrics
+
+
+trainer.train_step = recording_step
+try:
+    trainer.train()
+finally:
+    trainer.close()
+final = gathered(trainer.unwrapped)
+rank = trainer.rank
+if rank == 0:
+    torch.save(final, out / "final.pt")
+    torch.save(initial, out / "initial.pt")
+optimizer = trainer.optimizer.optimizer
+evidence = {
+    "rank": rank,
+    "world": trainer.world,
+    "fsdp": trainer.fsdp,
+    "distributed_type": str(trainer.accelerator.distributed_type),
+    "policy_class": type(trainer.policy).__name__,
+    "backend": torch.distributed.get_backend() if torch.distributed.is_initialized() else None,
+    "placements": placements(trainer.unwrapped),
+    "exp_avg_local": sorted(
+        list((s["exp_avg"].to_local() if isinstance(s["exp_avg"], DTensor) else s["exp_avg"]).shape)
+        for s in optimizer.state.values()
+    ),
+    "resumed_at": resumed_at,
+    "initial": digest(initial),
+    "final": digest(final),
+    "steps": steps,
+    "samplers": {t.name: t.sampler.state_dict() for t in trainer.tasks},
+    "step": trainer.step,
+}
+(out / f"rank-{rank}.json").write_text(json.dumps(evidence))
+'''
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:  # other test runs on this machine may hold the default port 29500
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _run_config(models: Path, output_dir: Path, *, steps: int, micro_batch_size: int | None = None) -> str:
+    # A format judge that about 60% of random samples pass, so that every optimizer has satisfied and
+    # violating samples to learn from (as in test_ddp.py).
+    judge = '[{name: format, params: {must_match: ["[a-m]"]}}]'
+    common = f"batch_size: {BATCH}, judges: {judge}, sampling: {{num_samples: 4, max_new_tokens: 6}}"
+    micro = f", micro_batch_size: {micro_batch_size}" if micro_batch_size else ""
+    return f"""
+policy: {{path: {models / "policy"}}}
+tasks:
+  - {{include: {REPO}/tasks/tiny_arithmetic.yaml, reward: {{model: {models / "reward"}, baseline: reference}}, {common}}}
+  - {{include: {REPO}/tasks/tiny_json.yaml, reward: {{model: {models / "reward"}, baseline: reference}}, {common}}}
+  - {{include: {REPO}/tasks/tiny_instructions.yaml, weight: 0.5,
+     reward: {{model: {models / "reward"}, baseline: generated}}, {common}}}
+training: {{max_steps: {steps}, learning_rate: 1.0e-2, lr_scheduler: linear, warmup_steps: 1, save_every: 1,
+           keep_checkpoints: 5{micro}}}
+output_dir: {output_dir}
+logging: {{progress: none}}
+"""
+
+
+def _env(tmp_path: Path, **extra: str) -> dict[str, str]:
+    # No inherited ACCELERATE_* settings, and an empty HF_HOME: no default accelerate config file applies.
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("ACCELERATE_", "FSDP_"))}
+    env.update(ACCELERATE_USE_CPU="true", HF_HOME=str(tmp_path / "hf-home"), PYTHONUNBUFFERED="1",
+               OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join(sys.path), **extra)  # fmt: skip
+    return env
+
+
+def _launcher(mode: str, processes: int) -> list[str]:
+    """``accelerate launch`` for 2 CPU processes: the shipped FSDP file, or DDP (environment.md §6)."""
+    command = [sys.executable, "-m", "accelerate.commands.launch"]
+    if mode == "fsdp":
+        command += ["--config_file", str(REPO / "configs" / "accelerate" / "fsdp.yaml")]
+    else:
+        command += ["--multi_gpu"]
+    return [*command, "--num_processes", str(processes), "--num_machines", "1", "--main_process_port",
+            str(_free_port()), "--mixed_precision", "no", "--dynamo_backend", "no"]  # fmt: skip
+
+
+def _probe(tmp_path: Path, name: str, mode: str, config: Path, *, processes: int = 2, args: tuple = ()) -> Path:
+    """Run the probe under the launcher; returns its evidence folder."""
+    out = tmp_path / f"evidence-{name}"
+    out.mkdir()
+    script = tmp_path / "fsdp_probe.py"
+    script.write_text(PROBE)
+    command = [sys.executable, str(script)] if processes == 1 else [*_launcher(mode, processes), str(script)]
+    result = subprocess.run([*command, str(config), str(out), *args], capture_output=True, text=True,
+                            env=_env(tmp_path), timeout=300, check=False, cwd=tmp_path)  # fmt: skip
+    assert result.returncode == 0, f"exit {result.returncode}\n{result.stdout[-3000:]}\n{result.stderr[-6000:]}"
+    return out
+
+
+def _evidence(out: Path, ranks: int = 2) -> list[dict]:
+    return [json.loads((out / f"rank-{r}.json").read_text()) for r in range(ranks)]
+
+
+def _assert_sharded(ranks: list[dict]) -> None:
+    """Really FSDP2: DTensor parameters, each rank holding a shard smaller than the full shape."""
+    for r, ev in enumerate(ranks):
+        assert ev["rank"] == r and ev["world"] == 2 and ev["fsdp"] is True, ev
+        assert ev["backend"] == "gloo" and ev["distributed_type"].endswith("MULTI_CPU")
+        # No DDP wrapper: FSDP2 shards the module in place, swapping in a subclass of the model's own class
+        assert ev["policy_class"] == "FSDPLlamaForCausalLM", ev["policy_class"]
+        for name, p in ev["placements"].items():
+            assert p["dtensor"], name
+            assert p["local"][0] < p["full"][0] and p["local"][1:] == p["full"][1:], (name, p)
+    full = sum(_numel(p["full"]) for p in ranks[0]["placements"].values())
+    local = [sum(_numel(p["local"]) for p in ev["placements"].values()) for ev in ranks]
+    assert sum(local) == full and max(local) < 0.6 * full, (local, full)
+    # AdamW state is sharded like the parameters
+    assert sum(_numel(s) for s in ranks[0]["exp_avg_local"]) == local[0]
+
+
+def _numel(shape: list[int]) -> int:
+    count = 1
+    for size in shape:
+        count *= size
+    return count
+
+
+def _shard_files(folder: Path) -> list[str]:
+    return sorted(p.name for p in (folder / "sharded").iterdir())
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("micro_batch_size", [None, 2], ids=["full-batch", "micro-batch-2"])
+def test_fsdp_two_processes_shard_the_policy_and_train_like_ddp(tmp_path, tiny_models_dir, micro_batch_size):
+    import torch
+    from safetensors.torch import load_file
+
+    steps = 2
+    results = {}
+    for mode in ("fsdp", "ddp"):
+        config = tmp_path / f"{mode}.yaml"
+        config.write_text(
+            _run_config(tiny_models_dir, tmp_path / mode, steps=steps, micro_batch_size=micro_batch_size)
+        )
+        results[mode] = _probe(tmp_path, mode, mode, config)
+    ranks = _evidence(results["fsdp"])
+    _assert_sharded(ranks)
+    first, second = ranks
+    # Both ranks see the same gathered weights and the same reduced metrics; training moved the weights.
+    assert first["initial"] == second["initial"] and first["final"] == second["final"]
+    assert first["final"] != first["initial"]
+    assert len(first["steps"]) == steps and first["steps"] == second["steps"]
+    assert first["samplers"] == second["samplers"]
+    # FSDP trains what DDP trains (reduce-scatter and all-reduce sum in different orders: rounding only).
+    ddp = _evidence(results["ddp"])[0]
+    for a, b in zip(first["steps"], ddp["steps"], strict=True):
+        assert a.keys() == b.keys()
+        for key in a:
+            assert a[key] == pytest.approx(b[key], rel=1e-4, abs=1e-5), key
+    fsdp_final, ddp_final = torch.load(results["fsdp"] / "final.pt"), torch.load(results["ddp"] / "final.pt")
+    initial = torch.load(results["fsdp"] / "initial.pt")
+    for name, value in fsdp_final.items():
+        assert torch.allclose(value, ddp_final[name], atol=1e-5, rtol=1e-4), name
+    assert any(not torch.equal(fsdp_final[k], initial[k]) for k in initial)
+    # The checkpoint: one shard file per process plus DCP's index, all in the manifest; final/ is plain HF.
+    step = tmp_path / "fsdp" / "checkpoints" / f"step-{steps}"
+    assert _shard_files(step) == [".metadata", "__0_0.distcp", "__1_0.distcp"]
+    manifest = json.loads((step / "manifest.json").read_text())["files"]
+    assert {"sharded/.metadata", "sharded/__0_0.distcp", "sharded/__1_0.distcp", "scheduler.pt"} <= set(manifest)
+    assert not (step / "policy").exists() and not (step / "optimizer.pt").exists()
+    assert json.loads((step / "trainer_state.json").read_text())["format"] == "dcp"
+    saved = load_file(tmp_path / "fsdp" / "final" / "model.safetensors")
+    assert all(torch.equal(saved[k].float(), fsdp_final[k]) for k in saved)
