@@ -14,11 +14,14 @@ metrics, the optimizer state's shapes) to ``OUT/rank-{rank}.json``. Nothing in t
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -50,7 +53,7 @@ def gathered(model):
         state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True))
     else:
         state = model.state_dict()
-    return {k: v.detach().to(torch.float32).cpu() for k, v in sorted(state.items())}
+    return {k: v.detach().to(torch.float32).cpu().clone() for k, v in sorted(state.items())}  # no aliases
 
 
 def digest(state):
@@ -58,6 +61,21 @@ def digest(state):
     for name, tensor in state.items():
         h.update(name.encode())
         h.update(tensor.contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def optimizer_digest(model, optimizer):
+    """SHA-256 of the full AdamW state (gathered under FSDP), keyed by parameter name: any sharding compares."""
+    from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
+
+    state = get_optimizer_state_dict(model, optimizer, options=StateDictOptions(full_state_dict=True))["state"]
+    h = hashlib.sha256()
+    for name in sorted(state):
+        for key in sorted(state[name]):
+            value = state[name][key]
+            value = value.full_tensor() if isinstance(value, DTensor) else value
+            h.update(f"{name}.{key}".encode())
+            h.update(torch.as_tensor(value).detach().to(torch.float32).cpu().contiguous().numpy().tobytes())
     return h.hexdigest()
 
 
@@ -74,6 +92,8 @@ trainer = CGPOTrainer(load_run_config(config_path, sys.argv[3:]), log=lambda mes
 trainer.setup()
 resumed_at = trainer.step
 initial = gathered(trainer.unwrapped)
+optimizer = trainer.optimizer.optimizer
+optimizer_initial = optimizer_digest(trainer.unwrapped, optimizer) if resumed_at else None
 steps = []
 original_step = trainer.train_step
 
@@ -94,7 +114,6 @@ rank = trainer.rank
 if rank == 0:
     torch.save(final, out / "final.pt")
     torch.save(initial, out / "initial.pt")
-optimizer = trainer.optimizer.optimizer
 evidence = {
     "rank": rank,
     "world": trainer.world,
@@ -109,6 +128,8 @@ evidence = {
     ),
     "resumed_at": resumed_at,
     "initial": digest(initial),
+    "optimizer_initial": optimizer_initial,
+    "optimizer_final": optimizer_digest(trainer.unwrapped, optimizer),
     "final": digest(final),
     "steps": steps,
     "samplers": {t.name: t.sampler.state_dict() for t in trainer.tasks},
@@ -137,8 +158,8 @@ tasks:
   - {{include: {REPO}/tasks/tiny_json.yaml, reward: {{model: {models / "reward"}, baseline: reference}}, {common}}}
   - {{include: {REPO}/tasks/tiny_instructions.yaml, weight: 0.5,
      reward: {{model: {models / "reward"}, baseline: generated}}, {common}}}
-training: {{max_steps: {steps}, learning_rate: 1.0e-2, lr_scheduler: linear, warmup_steps: 1, save_every: 1,
-           keep_checkpoints: 5{micro}}}
+training: {{max_steps: {steps}, learning_rate: 1.0e-2, lr_scheduler: constant_with_warmup, warmup_steps: 2,
+           save_every: 1, keep_checkpoints: 5{micro}}}
 output_dir: {output_dir}
 logging: {{progress: none}}
 """
@@ -250,3 +271,84 @@ def test_fsdp_two_processes_shard_the_policy_and_train_like_ddp(tmp_path, tiny_m
     assert json.loads((step / "trainer_state.json").read_text())["format"] == "dcp"
     saved = load_file(tmp_path / "fsdp" / "final" / "model.safetensors")
     assert all(torch.equal(saved[k].float(), fsdp_final[k]) for k in saved)
+
+
+def _kill_tree(pid: int) -> None:
+    """SIGKILL the launcher and every rank at once, like a lost node (torchrun starts each rank in its own
+    session, so killing the launcher's process group would leave the ranks running)."""
+    import psutil  # an accelerate dependency
+
+    parent = psutil.Process(pid)
+    for process in [*parent.children(recursive=True), parent]:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            process.send_signal(signal.SIGKILL)
+
+
+def _cgpo_train(tmp_path: Path, config: Path, **popen: object) -> subprocess.Popen:
+    """``accelerate launch --config_file configs/accelerate/fsdp.yaml ... -m cgpo train CONFIG`` (2 processes)."""
+    return subprocess.Popen([*_launcher("fsdp", 2), "-m", "cgpo", "train", str(config)], env=_env(tmp_path),
+                            cwd=tmp_path, **popen)  # type: ignore[call-overload]  # fmt: skip
+
+
+@pytest.mark.slow
+def test_fsdp_kill_9_and_resume_reach_the_same_weights(tmp_path, tiny_models_dir):
+    """SIGKILL of every process mid-run, then the same command: bit-identical to an uninterrupted run."""
+    import torch
+    from safetensors.torch import load_file
+
+    from cgpo.checkpoint import verify_checkpoint
+
+    steps = 3
+    reference, interrupted = tmp_path / "reference", tmp_path / "interrupted"
+    for out in (reference, interrupted):
+        (tmp_path / f"{out.name}.yaml").write_text(_run_config(tiny_models_dir, out, steps=steps))
+    done = _cgpo_train(tmp_path, tmp_path / "reference.yaml", stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    assert done.wait(timeout=300) == 0, done.stderr.read() if done.stderr else ""
+    proc = _cgpo_train(tmp_path, tmp_path / "interrupted.yaml", stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while not (interrupted / "checkpoints" / "step-1" / "trainer_state.json").exists():
+        assert proc.poll() is None and time.time() < deadline, "the run ended before its step-1 checkpoint"
+        time.sleep(0.02)
+    _kill_tree(proc.pid)
+    proc.wait()
+    assert not (interrupted / "checkpoints" / f"step-{steps}").exists(), "killed too late: the run had finished"
+    assert not (interrupted / "final").exists()
+    published = sorted((interrupted / "checkpoints").glob("step-*"))
+    assert published and all(verify_checkpoint(folder) is None for folder in published)
+    resumed = _cgpo_train(tmp_path, tmp_path / "interrupted.yaml", stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                          text=True)  # fmt: skip
+    _, err = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, err[-6000:]
+    assert "resumed from" in err and f"(step {steps})" not in err.split("resumed from")[1].splitlines()[0]
+    expected = load_file(reference / "final" / "model.safetensors")
+    actual = load_file(interrupted / "final" / "model.safetensors")
+    assert expected.keys() == actual.keys()
+    for name, value in expected.items():
+        assert torch.equal(value, actual[name]), name
+
+
+@pytest.mark.slow
+def test_fsdp_checkpoint_resumes_on_one_process(tmp_path, tiny_models_dir):
+    """2 FSDP processes write shards; one plain process resumes from them (DCP reshards) and trains on."""
+    import torch
+
+    config = tmp_path / "run.yaml"
+    config.write_text(_run_config(tiny_models_dir, tmp_path / "run", steps=2))
+    two = _evidence(_probe(tmp_path, "two", "fsdp", config))
+    one = json.loads((_probe(tmp_path, "one", "fsdp", config, processes=1, args=("training.max_steps=3",))
+                      / "rank-0.json").read_text())  # fmt: skip
+    assert one["world"] == 1 and one["fsdp"] is False and one["resumed_at"] == 2
+    # Weights and AdamW state exactly as the two processes left them (compared gathered, by parameter name).
+    assert one["initial"] == two[0]["final"]
+    assert one["optimizer_initial"] == two[0]["optimizer_final"]
+    # The samplers continue from the same position of the same global permutation: 2 steps x 2 processes x
+    # BATCH prompts were drawn, then 1 step x 1 process x BATCH.
+    for task, sampler in one["samplers"].items():
+        assert sampler["epoch"] * sampler["size"] + sampler["position"] == 2 * 2 * BATCH + BATCH, (task, sampler)
+    assert len(one["steps"]) == 1 and one["steps"][0]["step"] == 3 and one["final"] != one["initial"]
+    # The 1-process run writes an ordinary checkpoint, and final/ loads with from_pretrained.
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / "run" / "final")
+    final = torch.load(tmp_path / "evidence-one" / "final.pt")
+    assert all(torch.equal(v.float(), final[k]) for k, v in model.state_dict().items())
