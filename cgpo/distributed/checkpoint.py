@@ -17,9 +17,11 @@ by W processes loads into any number of processes, also into a plain unsharded m
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
-from collections.abc import Mapping
+import warnings
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +35,14 @@ FORMAT = "dcp"
 def is_sharded_checkpoint(state: Mapping[str, Any]) -> bool:
     """Whether the checkpoint whose ``trainer_state.json`` is ``state`` holds DCP shards."""
     return state.get("format") == FORMAT
+
+
+@contextlib.contextmanager
+def _single_process_is_intended() -> Iterator[None]:
+    """DCP warns on every call without a process group; one process (a plain run) is a supported case here."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled, unavailable or uninitialized")
+        yield
 
 
 def _state_dicts(model: Any, optimizer: Any) -> dict[str, Any]:
@@ -52,8 +62,9 @@ def write_shards(staging: Path, model: Any, optimizer: Any) -> None:
     """
     import torch.distributed.checkpoint as dcp
 
-    with ckpt._staging_removed_on_failure(staging), ckpt._write_errors_named(staging / SHARDED_DIR):
-        dcp.save(_state_dicts(model, optimizer), checkpoint_id=str(staging / SHARDED_DIR))
+    target = staging / SHARDED_DIR
+    with ckpt._staging_removed_on_failure(staging), ckpt._write_errors_named(target), _single_process_is_intended():
+        dcp.save(_state_dicts(model, optimizer), checkpoint_id=str(target))
 
 
 def write_main_files(staging: Path, *, scheduler: Any, state: Mapping[str, Any]) -> None:
@@ -76,5 +87,6 @@ def load_shards(folder: Path, model: Any, optimizer: Any) -> None:
     from torch.distributed.checkpoint.state_dict import set_state_dict
 
     state = _state_dicts(model, optimizer)
-    dcp.load(state, checkpoint_id=str(folder / SHARDED_DIR))
+    with _single_process_is_intended():
+        dcp.load(state, checkpoint_id=str(folder / SHARDED_DIR))
     set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"])
