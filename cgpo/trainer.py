@@ -119,7 +119,8 @@ class CGPOTrainer:
         set_seed(cfg.seed)  # identical on every process: LoRA initialization must match across ranks
         self._load_models()
         if self.fsdp:  # layer by layer onto the device, sharded as it goes: never the whole policy on one GPU
-            self.policy = fsdp.shard_policy(self.policy, fsdp.fsdp_plugin(self.accelerator))
+            plugin = fsdp.fsdp_plugin(self.accelerator)
+            self.policy = fsdp.shard_policy(self.policy, plugin, mixed_precision=self.accelerator.mixed_precision)
         self.tasks = [self._build_task(task) for task in self.config.tasks]
         for task in self.tasks:  # judges start their workers now, not inside the first steps
             task.scorer.mixture.warm_up()
@@ -347,12 +348,14 @@ class CGPOTrainer:
         """Greedy evaluation of the current policy on the tasks' eval splits (as ``cgpo eval``), main process only.
 
         Appends ``{"step", "tasks": ...}`` to ``OUTPUT_DIR/eval.jsonl`` and logs the table. Generated baselines
-        come from pi_ref, as in ``cgpo eval``, so every evaluation of the run shares them.
+        come from pi_ref, as in ``cgpo eval``, so every evaluation of the run shares them. Under FSDP every
+        process evaluates (each forward of the sharded policy is collective; greedy decoding gives every
+        process the same completions), and only the main process writes and logs.
         """
         from cgpo.evaluation import LoadedModel, evaluate_loaded, plan_tasks, print_table
 
         result: dict[str, Any] | None = None
-        if self.is_main:
+        if self.is_main or self.fsdp:
             if self._eval_tasks is None:
                 self._eval_tasks = plan_tasks(self.config)[0]
             policy = LoadedModel(self.unwrapped, self.tokenizer, f"policy at step {self.step}")
@@ -361,12 +364,13 @@ class CGPOTrainer:
                 result = evaluate_loaded(self.config, self._eval_tasks, policy, lambda: reference,
                                          device=self.accelerator.device, log=lambda _: None)  # fmt: skip
             result = {"step": self.step, **result}
+        if self.is_main and result is not None:
             self.evals.write(result)
             stream = io.StringIO()
             print_table({**result, "model": f"held-out evaluation at step {self.step}"}, file=stream)
             self.log(stream.getvalue().rstrip())
         self.accelerator.wait_for_everyone()
-        return result
+        return result if self.is_main else None  # the others wait, as without FSDP
 
     # ------------------------------------------------------------------------------------------------------------
     # The loop, checkpoints, the final model

@@ -63,14 +63,10 @@ def fsdp_plugin(accelerator: Any) -> Any:
 
 def check_run_config(config: Any) -> None:
     """Refuse what cgpo has not run under FSDP (a one-line ``UserError`` naming the key)."""
-    training = config.training
-    if training.lora is not None:
+    if config.training.lora is not None:
         raise UserError(
             "training.lora is not supported with FSDP yet (untested): train LoRA with DDP (configs/accelerate/ddp.yaml)"
         )
-    if training.eval_every:
-        # Evaluation generates on process 0 alone, and every forward of a sharded policy is collective.
-        raise UserError("training.eval_every is not supported with FSDP yet: set it to 0 and run cgpo eval on final/")
 
 
 def layer_classes(model: torch.nn.Module, plugin: Any) -> list[str]:
@@ -83,12 +79,15 @@ def layer_classes(model: torch.nn.Module, plugin: Any) -> list[str]:
     return names
 
 
-def shard_policy(model: torch.nn.Module, plugin: Any) -> torch.nn.Module:
+def shard_policy(model: torch.nn.Module, plugin: Any, *, mixed_precision: str = "no") -> torch.nn.Module:
     """``fully_shard`` every decoder layer, then the root, in place; returns the (same) model.
 
     Args:
-        model: The policy, on its device, in its training dtype.
+        model: The policy, in the dtype it was loaded in.
         plugin: :func:`fsdp_plugin` (reshard after forward, CPU offload, mixed precision, layer classes).
+        mixed_precision: accelerate's ``mixed_precision``; other than ``no``, trainable parameters are kept
+            in float32 (the master weights AdamW updates) and cast for compute by the plugin's
+            ``MixedPrecisionPolicy``, as accelerate's own FSDP2 preparation does.
 
     Raises ``UserError`` when the configured layer classes match no module of the model.
     """
@@ -107,6 +106,10 @@ def shard_policy(model: torch.nn.Module, plugin: Any) -> torch.nn.Module:
             f"fsdp_config.fsdp_transformer_layer_cls_to_wrap: {', '.join(names)} matches no module of "
             f"{type(model).__name__}; name its decoder-layer class (its _no_split_modules)"
         )
+    if mixed_precision != "no":
+        for param in model.parameters():
+            if param.requires_grad and param.dtype != torch.float32:
+                param.data = param.data.to(torch.float32)
     for layer in layers:
         fully_shard(layer, **options)
     fully_shard(model, **options)

@@ -145,7 +145,9 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _run_config(models: Path, output_dir: Path, *, steps: int, micro_batch_size: int | None = None) -> str:
+def _run_config(
+    models: Path, output_dir: Path, *, steps: int, micro_batch_size: int | None = None, eval_every: int = 0
+) -> str:
     # A format judge that about 60% of random samples pass, so that every optimizer has satisfied and
     # violating samples to learn from (as in test_ddp.py).
     judge = '[{name: format, params: {must_match: ["[a-m]"]}}]'
@@ -159,7 +161,7 @@ tasks:
   - {{include: {REPO}/tasks/tiny_instructions.yaml, weight: 0.5,
      reward: {{model: {models / "reward"}, baseline: generated}}, {common}}}
 training: {{max_steps: {steps}, learning_rate: 1.0e-2, lr_scheduler: constant_with_warmup, warmup_steps: 2,
-           save_every: 1, keep_checkpoints: 5{micro}}}
+           save_every: 1, keep_checkpoints: 5, eval_every: {eval_every}{micro}}}
 output_dir: {output_dir}
 logging: {{progress: none}}
 """
@@ -271,6 +273,11 @@ def test_fsdp_two_processes_shard_the_policy_and_train_like_ddp(tmp_path, tiny_m
     assert json.loads((step / "trainer_state.json").read_text())["format"] == "dcp"
     saved = load_file(tmp_path / "fsdp" / "final" / "model.safetensors")
     assert all(torch.equal(saved[k].float(), fsdp_final[k]) for k in saved)
+    from transformers import AutoModelForCausalLM
+
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path / "fsdp" / "final").state_dict()
+    assert loaded.keys() == fsdp_final.keys()
+    assert all(torch.equal(loaded[k], fsdp_final[k]) for k in loaded)
 
 
 def _kill_tree(pid: int) -> None:
@@ -333,8 +340,11 @@ def test_fsdp_checkpoint_resumes_on_one_process(tmp_path, tiny_models_dir):
     import torch
 
     config = tmp_path / "run.yaml"
-    config.write_text(_run_config(tiny_models_dir, tmp_path / "run", steps=2))
+    # Held-out evaluation too: under FSDP every process takes part in its (collective) generation.
+    config.write_text(_run_config(tiny_models_dir, tmp_path / "run", steps=2, eval_every=2))
     two = _evidence(_probe(tmp_path, "two", "fsdp", config))
+    evals = [json.loads(line) for line in (tmp_path / "run" / "eval.jsonl").read_text().splitlines()]
+    assert [e["step"] for e in evals] == [0, 2] and evals[0]["tasks"].keys() == evals[1]["tasks"].keys()
     one = json.loads((_probe(tmp_path, "one", "fsdp", config, processes=1, args=("training.max_steps=3",))
                       / "rank-0.json").read_text())  # fmt: skip
     assert one["world"] == 1 and one["fsdp"] is False and one["resumed_at"] == 2
