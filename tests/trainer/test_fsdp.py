@@ -362,3 +362,25 @@ def test_fsdp_checkpoint_resumes_on_one_process(tmp_path, tiny_models_dir):
     model = AutoModelForCausalLM.from_pretrained(tmp_path / "run" / "final")
     final = torch.load(tmp_path / "evidence-one" / "final.pt")
     assert all(torch.equal(v.float(), final[k]) for k, v in model.state_dict().items())
+
+
+@pytest.mark.slow
+def test_a_ddp_checkpoint_resumes_on_one_process_but_not_under_fsdp(tmp_path, tiny_models_dir):
+    """The world-size change is a warning, not a refusal; a gathered checkpoint is refused by an FSDP run."""
+    config = tmp_path / "run.yaml"
+    config.write_text(_run_config(tiny_models_dir, tmp_path / "run", steps=2))
+    _probe(tmp_path, "ddp", "ddp", config)
+    fsdp = subprocess.run([*_launcher("fsdp", 2), "-m", "cgpo", "train", str(config), "training.max_steps=3"],
+                          env=_env(tmp_path), cwd=tmp_path, capture_output=True, text=True, timeout=300, check=False)  # fmt: skip
+    assert fsdp.returncode != 0
+    refusal = "was written by a run without FSDP (gathered weights); resume it without FSDP"
+    refusals = [line for line in fsdp.stderr.splitlines() if line.startswith("cgpo train: ") and refusal in line]
+    assert len(refusals) == 2, fsdp.stderr[-4000:]  # one line from each rank (the launcher then reports exit 2)
+    assert 'File "' + str(REPO / "cgpo") not in fsdp.stderr  # no traceback through cgpo
+    one = subprocess.run([sys.executable, "-m", "cgpo", "train", str(config), "training.max_steps=3"],
+                         env=_env(tmp_path), cwd=tmp_path, capture_output=True, text=True, timeout=300, check=False)  # fmt: skip
+    assert one.returncode == 0, one.stderr[-4000:]
+    assert "was written by 2 processes, this run has 1: weights, AdamW state, schedule, step" in one.stderr
+    assert "resumed from" in one.stderr and "(step 2)" in one.stderr
+    state = json.loads((tmp_path / "run" / "checkpoints" / "step-3" / "trainer_state.json").read_text())
+    assert state["world_size"] == 1 and state["step"] == 3
