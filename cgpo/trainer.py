@@ -449,6 +449,11 @@ class CGPOTrainer:
             ) from exc
 
     @property
+    def _torch_optimizer(self) -> torch.optim.Optimizer:
+        """AdamW itself, inside accelerate's wrapper (what DCP's state-dict functions take)."""
+        return getattr(self.optimizer, "optimizer", self.optimizer)
+
+    @property
     def is_main(self) -> bool:
         return bool(self.accelerator.is_main_process)
 
@@ -469,7 +474,7 @@ class CGPOTrainer:
         # Per process: RNG states and the scorers' baseline caches (each process generates its own a_bar).
         ckpt.write_process_state(staging, self.rank, {t.name: t.scorer.state_dict() for t in self.tasks})
         if self.fsdp:  # every process writes its own shards of the weights and AdamW state (DCP)
-            sharded.write_shards(staging, self.unwrapped, self.optimizer.optimizer)
+            sharded.write_shards(staging, self.unwrapped, self._torch_optimizer)
             self.accelerator.wait_for_everyone()
             if self.is_main:
                 sharded.write_main_files(staging, scheduler=self.scheduler, state=self._trainer_state())
@@ -499,7 +504,7 @@ class CGPOTrainer:
         state = ckpt.read_state(folder)
         self._check_world(folder, state)
         if sharded.is_sharded_checkpoint(state):  # DCP reshards: any number of processes, sharded or not
-            sharded.load_shards(folder, self.unwrapped, self.optimizer.optimizer)
+            sharded.load_shards(folder, self.unwrapped, self._torch_optimizer)
         elif self.fsdp:
             raise UserError(
                 f"{folder} was written by a run without FSDP (gathered weights); resume it without FSDP "

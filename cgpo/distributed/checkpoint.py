@@ -60,11 +60,11 @@ def write_shards(staging: Path, model: Any, optimizer: Any) -> None:
         model: The unwrapped policy (sharded by :mod:`cgpo.distributed.fsdp`).
         optimizer: The torch optimizer (not accelerate's wrapper).
     """
-    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict_saver import save
 
     target = staging / SHARDED_DIR
     with ckpt._staging_removed_on_failure(staging), ckpt._write_errors_named(target), _single_process_is_intended():
-        dcp.save(_state_dicts(model, optimizer), checkpoint_id=str(target))
+        save(_state_dicts(model, optimizer), checkpoint_id=str(target))
 
 
 def write_main_files(staging: Path, *, scheduler: Any, state: Mapping[str, Any]) -> None:
@@ -83,10 +83,10 @@ def load_shards(folder: Path, model: Any, optimizer: Any) -> None:
     Works for any number of processes (DCP reads the chunks that overlap each process's shards) and for an
     unsharded model in a single process (DCP's no-process-group mode).
     """
-    import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import set_state_dict
+    from torch.distributed.checkpoint.state_dict_loader import load
 
     state = _state_dicts(model, optimizer)
     with _single_process_is_intended():
-        dcp.load(state, checkpoint_id=str(folder / SHARDED_DIR))
+        load(state, checkpoint_id=str(folder / SHARDED_DIR))
     set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"])

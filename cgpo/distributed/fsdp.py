@@ -146,4 +146,5 @@ def full_state_dict(accelerator: Any, model: Any) -> dict[str, torch.Tensor]:
         return dict(accelerator.get_state_dict(model))
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
-    return dict(get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True)))
+    state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    return {name: value for name, value in state.items() if isinstance(value, torch.Tensor)}
