@@ -15,7 +15,9 @@ The trainer keeps what lives across steps: the accelerator, models, AdamW, sched
 and scorers, metrics, signals and checkpoints. The reference is a frozen copy of the initial policy, or,
 with LoRA, the same model with its adapters disabled (:mod:`cgpo.reference`: no second copy in memory).
 Checkpoints (:mod:`cgpo.checkpoint`) carry everything needed for an exact resume: weights, optimizer,
-scheduler, RNG states, sampler positions and baseline caches.
+scheduler, RNG states, sampler positions and baseline caches. Under FSDP the policy is sharded by
+:mod:`cgpo.distributed.fsdp` and its weights and optimizer state are checkpointed in shards by
+:mod:`cgpo.distributed.checkpoint`.
 """
 
 from __future__ import annotations
