@@ -24,6 +24,7 @@ import contextlib
 import io
 import signal
 import time
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -182,11 +183,17 @@ class CGPOTrainer:
             from peft import LoraConfig, get_peft_model
 
             lora = training.lora
-            policy = get_peft_model(
-                policy,
-                LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
-                           target_modules=lora.target_modules, task_type="CAUSAL_LM"),
-            )  # fmt: skip
+            with warnings.catch_warnings():
+                # peft (0.21) reads model.is_gradient_checkpointing inside get_peft_model, which transformers
+                # 5.25 deprecated in favour of is_activation_checkpointing: peft's call, not ours, and it would
+                # print on every LoRA run. Only that one message is silenced.
+                warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated",
+                                        category=FutureWarning)  # fmt: skip
+                policy = get_peft_model(
+                    policy,
+                    LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+                               target_modules=lora.target_modules, task_type="CAUSAL_LM"),
+                )  # fmt: skip
             if cfg.reference is not None:
                 self.log("training.lora is set: the reference is the base model with adapters disabled")
         else:

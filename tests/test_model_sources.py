@@ -426,30 +426,21 @@ def test_the_converted_smollm2_loads_chats_and_generates(smollm2_dir):
 
 @pytest.mark.slow
 def test_cgpo_train_one_step_and_cgpo_eval_on_the_real_smollm2(smollm2_dir, tmp_path):
-    """The README's path for a real model, by name: two tasks of the bundled data, a BPE tokenizer with the
-    ChatML template (pad == EOS ``<|im_end|>``), one training step, a checkpoint without optimizer state, and a
-    held-out evaluation of ``final/``."""
-    import yaml
-
-    tasks = REPO_ROOT / "tasks"
-    small = {"prompts": {"train": {"limit": 4}, "eval": {"limit": 2}}, "sampling": {"num_samples": 2,
-             "max_new_tokens": 12}, "batch_size": 1}  # fmt: skip
-    config = tmp_path / "run.yaml"
-    config.write_text(yaml.safe_dump({
-        "policy": {"path": "smollm2:135m-instruct", "dtype": "float32"},
-        "tasks": [
-            {"include": str(tasks / "instruction_following.yaml"), "reward": {"model": None, "baseline": "none"},
-             **small},
-            {"include": str(tasks / "math_gsm8k.yaml"), "weight": 0.5, **small,
-             "reward": {"model": None, "function": "judge_pass", "baseline": "none",
-                        "params": {"judges": [{"name": "math", "params": {"answer_format": "final_answer"}}]}}},
-        ],
-        "training": {"max_steps": 1, "learning_rate": 1.0e-5, "save_every": 1, "save_optimizer_state": False},
-        "output_dir": str(tmp_path / "run"),
-    }))  # fmt: skip
+    """The README's commands for a real model on ``configs/smollm2.yaml`` (SmolLM2 by name, LoRA, IFEval with
+    CRRAFT and GSM8K with CRPG, a BPE tokenizer whose pad is its EOS ``<|im_end|>``), shrunk by overrides to one
+    step: train, a checkpoint without optimizer state, then ``cgpo eval`` of ``final/`` on held-out prompts."""
+    shrink = [f"output_dir={tmp_path / 'run'}", "training.max_steps=1", "training.save_every=1"]
+    for task in (0, 1):
+        shrink += [f"tasks.{task}.prompts.train.limit=4", f"tasks.{task}.sampling.num_samples=2",
+                   f"tasks.{task}.sampling.max_new_tokens=12", f"tasks.{task}.batch_size=1"]  # fmt: skip
     env = {**os.environ, "CGPO_HOME": str(smollm2_dir.parent.parent)}
-    train = subprocess.run([sys.executable, "-m", "cgpo", "train", str(config)], check=False, env=env,
-                           capture_output=True, text=True, timeout=900)  # fmt: skip
+    config = str(REPO_ROOT / "configs" / "smollm2.yaml")
+
+    def cgpo(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "cgpo", *args], check=False, env=env, capture_output=True,
+                              text=True, timeout=900, cwd=tmp_path)  # fmt: skip
+
+    train = cgpo("train", config, *shrink)
     assert train.returncode == 0, train.stderr[-3000:]
     assert "deprecated" not in train.stdout + train.stderr  # nothing deprecated in our calls (transformers 5.24+)
     metrics = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
@@ -459,9 +450,8 @@ def test_cgpo_train_one_step_and_cgpo_eval_on_the_real_smollm2(smollm2_dir, tmp_
     assert (checkpoint / "manifest.json").is_file() and not (checkpoint / "optimizer.pt").exists()
 
     result = tmp_path / "eval.json"
-    evaluate = subprocess.run([sys.executable, "-m", "cgpo", "eval", str(config), "--model",
-                               str(tmp_path / "run" / "final"), "--output", str(result)],
-                              check=False, env=env, capture_output=True, text=True, timeout=900)  # fmt: skip
+    evaluate = cgpo("eval", config, *shrink, "--model", str(tmp_path / "run" / "final"), "--max-prompts", "2",
+                    "--output", str(result))  # fmt: skip
     assert evaluate.returncode == 0, evaluate.stderr[-3000:]
     scores = json.loads(result.read_text())["tasks"]
     assert {name: scores[name]["n"] for name in scores} == {"instruction_following": 2, "math_gsm8k": 2}
