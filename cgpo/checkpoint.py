@@ -3,7 +3,7 @@
 Layout of ``OUTPUT_DIR/checkpoints/step-N/``::
 
     policy/              save_pretrained of the policy (the LoRA adapter only, with LoRA)
-    optimizer.pt         optimizer state
+    optimizer.pt         optimizer state (absent with ``training.save_optimizer_state: false``)
     scheduler.pt         learning-rate scheduler state
     rng-<rank>.pt        Python, NumPy and torch (CPU and CUDA) RNG states of each process
     scorers-<rank>.json  each process's per-task baseline caches (generated a_bar and r(s, a_bar))
@@ -24,7 +24,10 @@ run. Files in a checkpoint that the manifest does not list are ignored.
 A write that fails (a full disk, ``RLIMIT_FSIZE``, a read-only mount) raises :class:`CheckpointWriteError`
 (a one-line :class:`~cgpo.errors.UserError` naming the file) after removing the staging folder, so the
 previous checkpoints stay the newest complete ones. :func:`save_final_atomically` does the same for
-``OUTPUT_DIR/final/``.
+``OUTPUT_DIR/final/``. With several processes, each reports its write's outcome to all the others
+(:func:`agree_on_write_failures`), so one process's failure stops every process at once with the same
+error; and the main process alone verifies the checkpoint to resume from and broadcasts its choice
+(:func:`agreed_resume_checkpoint`).
 """
 
 from __future__ import annotations
@@ -47,6 +50,7 @@ from cgpo.errors import UserError
 
 STATE_FILE = "trainer_state.json"
 MANIFEST_FILE = "manifest.json"
+OPTIMIZER_FILE = "optimizer.pt"
 MANIFEST_VERSION = 1
 _STEP_DIR = re.compile(r"^step-(\d+)$")
 # safetensors (Rust) reports an I/O failure only in its message: "... I/O error: File too large (os error 27)".
@@ -295,26 +299,34 @@ def staging_dir(output_dir: Path, step: int) -> Path:
     return checkpoints_dir(output_dir) / f".step-{step}.tmp"
 
 
+def make_staging(staging: Path) -> None:
+    """Create the staging folder (``CheckpointWriteError`` naming it on a read-only or full file system)."""
+    with _write_errors_named(staging):
+        staging.mkdir(parents=True, exist_ok=True)
+
+
 def write_main_files(
     staging: Path,
     *,
     model: Any,
     weights: Mapping[str, Any],
     tokenizer: Any,
-    optimizer: Any,
+    optimizer: Any | None,
     scheduler: Any,
     state: Mapping[str, Any],
 ) -> None:
     """The main process's part of a checkpoint (model, optimizer, scheduler, trainer state).
 
     ``weights`` is the full state dict gathered from every process (``accelerator.get_state_dict``).
+    ``optimizer`` None leaves ``optimizer.pt`` out (``training.save_optimizer_state: false``).
     Raises ``CheckpointWriteError`` (the staging folder removed) when a write fails.
     """
     with _staging_removed_on_failure(staging):
         with _write_errors_named(staging / "policy"):
             model.save_pretrained(staging / "policy", state_dict=dict(weights), safe_serialization=True)
             tokenizer.save_pretrained(staging / "policy")
-        torch_save(optimizer.state_dict(), staging / "optimizer.pt")
+        if optimizer is not None:
+            torch_save(optimizer.state_dict(), staging / OPTIMIZER_FILE)
         torch_save(scheduler.state_dict(), staging / "scheduler.pt")
         # The state file is what marks a checkpoint complete: write it last, atomically.
         tmp = staging / (STATE_FILE + ".tmp")
@@ -322,9 +334,13 @@ def write_main_files(
         os.replace(tmp, staging / STATE_FILE)
 
 
-def write_process_state(staging: Path, rank: int, scorers: Mapping[str, Any]) -> None:
-    """One process's RNG states and scorer caches (``CheckpointWriteError``, staging removed, on failure)."""
-    with _staging_removed_on_failure(staging):
+def write_process_state(staging: Path, rank: int, scorers: Mapping[str, Any], *, remove_staging: bool = True) -> None:
+    """One process's RNG states and scorer caches (``CheckpointWriteError`` on failure).
+
+    ``remove_staging`` deletes the staging folder on a failure; with several processes sharing it, the
+    caller removes it instead, once every process has stopped writing (:func:`agree_on_write_failures`).
+    """
+    with _staging_removed_on_failure(staging) if remove_staging else contextlib.nullcontext():
         torch_save(rng_state(), staging / f"rng-{rank}.pt")
         _write_text(staging / f"scorers-{rank}.json", json.dumps(scorers))
 
@@ -351,6 +367,69 @@ def publish(staging: Path, step: int, keep: int) -> Path:
     for old in earlier[:-keep] + later:
         shutil.rmtree(old, ignore_errors=True)
     return final
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Several processes: one failed write stops them all at once; one process verifies what they resume from
+# ----------------------------------------------------------------------------------------------------------------
+def write_failure(write: Callable[[], Any]) -> str | None:
+    """Run ``write``; the message of the ``CheckpointWriteError`` it raised, or None when it succeeded."""
+    try:
+        write()
+    except CheckpointWriteError as exc:
+        return str(exc)
+    return None
+
+
+def agree_on_write_failures(accelerator: Any, failure: str | None, staging: Path) -> None:
+    """Every process learns whether any process's write failed, and then all raise the same error.
+
+    A collective call (``gather_object`` of each process's message). Without it the process whose write
+    failed exits alone: with NCCL the others wait at the next barrier until the collective timeout (30
+    minutes by default); with gloo or under torchrun they die of the lost connection or the launcher's
+    SIGTERM, with an unrelated traceback. Each process reports after its own writes, whatever happened; on a
+    failure the main process removes the shared staging folder (no process writes there any more), and
+    every process raises ``CheckpointWriteError`` with the first failed process's message (naming the
+    process when there are several).
+    """
+    world = accelerator.num_processes
+    if world > 1:
+        from accelerate.utils import gather_object
+
+        failures = gather_object([failure])
+    else:
+        failures = [failure]
+    failed = [(rank, message) for rank, message in enumerate(failures) if message is not None]
+    if not failed:
+        return
+    if accelerator.is_main_process:
+        shutil.rmtree(staging, ignore_errors=True)
+    rank, message = failed[0]
+    raise CheckpointWriteError(message if world == 1 else f"{message} (on process {rank} of {world})")
+
+
+def agreed_resume_checkpoint(accelerator: Any, output_dir: Path, log: Callable[[str], None]) -> Path | None:
+    """:func:`latest_valid_checkpoint`, verified (sha256) by the main process only and broadcast to every process.
+
+    Hashing every file once per process would multiply the reading of a multi-gigabyte checkpoint by the
+    number of processes, and two processes could choose differently if a file changed in between. A
+    ``UserError`` of the main process (no checkpoint verifies) is raised on every process.
+    """
+    if accelerator.num_processes == 1:
+        return latest_valid_checkpoint(output_dir, log)
+    from accelerate.utils import broadcast_object_list
+
+    choice: list[Any] = [None]
+    if accelerator.is_main_process:
+        try:
+            folder = latest_valid_checkpoint(output_dir, log)
+            choice = [("path", None if folder is None else str(folder))]
+        except UserError as exc:
+            choice = [("error", str(exc))]
+    kind, value = broadcast_object_list(choice, from_process=0)[0]
+    if kind == "error":
+        raise UserError(value)
+    return None if value is None else Path(value)
 
 
 def read_state(folder: Path) -> dict[str, Any]:

@@ -166,7 +166,14 @@ class RewardConfig:
             (generated once by the reference model and cached), or ``none`` (r(s,a_bar) = 0, so the
             calibrated reward is sigmoid(r): a reward in {0, 1} becomes 0.5 or 0.73).
         batch_size: Reward-model scoring batch size.
-        max_length: Truncate scored sequences to this many tokens (default: the model's limit).
+        max_length: Truncate scored sequences to this many tokens, keeping the end (>= 2; default: the
+            model's limit).
+        dtype: The reward model's weights: ``float32``, ``bfloat16``, ``float16``, ``auto`` (the
+            checkpoint's own); none: float32 on CPU, bfloat16 on an accelerator.
+        append_eos: Append the RM tokenizer's EOS to every scored sequence that does not end with it (RMs
+            trained by TRL's RewardTrainer saw one).
+        chat_template: ``auto`` formats with the RM tokenizer's chat template when it has one, ``always``
+            requires one, ``never`` scores ``prompt + completion``.
     """
 
     model: str | None = None
@@ -175,6 +182,9 @@ class RewardConfig:
     baseline: Literal["reference", "generated", "none"] = "generated"
     batch_size: int = 32
     max_length: int | None = None
+    dtype: Literal["float32", "bfloat16", "float16", "auto"] | None = None
+    append_eos: bool = False
+    chat_template: Literal["auto", "always", "never"] = "auto"
 
     def __post_init__(self) -> None:
         if self.model is not None and self.function is not None:
@@ -182,7 +192,14 @@ class RewardConfig:
         if self.params and self.function is None:
             raise Invalid("params", "only applies to 'function'")
         _positive("batch_size", self.batch_size)
-        _positive("max_length", self.max_length)
+        if self.max_length is not None and self.max_length < 2:
+            raise Invalid("max_length", f"must be >= 2 or null (the end of the prompt and the completion), "
+                                        f"got {self.max_length}")  # fmt: skip
+        _check_named_source("model", self.model)
+        if self.model is None:
+            for key, default in (("dtype", None), ("append_eos", False), ("chat_template", "auto")):
+                if getattr(self, key) != default:
+                    raise Invalid(key, "only applies to 'model' (a reward model)")
 
     @property
     def kind(self) -> Literal["model", "function", "none"]:
@@ -352,8 +369,18 @@ class ModelConfig:
     def __post_init__(self) -> None:
         if self.path.startswith(TINY_PREFIX) and self.path[len(TINY_PREFIX) :] not in TINY_MODELS:
             raise Invalid("path", f"the embedded tiny models are {', '.join(TINY_PREFIX + m for m in TINY_MODELS)}")
+        _check_named_source("path", self.path)
         if _looks_local(self.path) and not Path(self.path).expanduser().is_dir():
             raise Invalid("path", f"model directory '{self.path}' not found")
+
+
+def _check_named_source(key: str, path: str | None) -> None:
+    """A ``family:variant`` name of :mod:`cgpo.model_sources` must be a known variant: refused here, before loading."""
+    from cgpo.model_sources import unknown_variant
+
+    reason = None if path is None else unknown_variant(path)
+    if reason is not None:
+        raise Invalid(key, reason)
 
 
 def _looks_local(path: str) -> bool:
@@ -408,6 +435,9 @@ class TrainingConfig:
         save_every: Write a checkpoint every N steps (0: none on the way); the last step and a Ctrl-C always
             write one, so a finished or interrupted run can be resumed.
         keep_checkpoints: How many recent checkpoints to keep.
+        save_optimizer_state: Write AdamW's state (``optimizer.pt``, about twice the weights in fp32) into each
+            checkpoint. Off: checkpoints are about a third the size, and a resume restores weights, scheduler,
+            RNG and sampler positions but starts AdamW's moments afresh (logged).
         eval_every: Evaluate on the eval splits every N steps, before the first and after the last (none or 0:
             never during training).
         lora: LoRA settings; none trains all weights.
@@ -432,6 +462,7 @@ class TrainingConfig:
     seed: int = 0
     save_every: int = 0
     keep_checkpoints: int = 3
+    save_optimizer_state: bool = True
     eval_every: int | None = None
     lora: LoraConfig | None = None
     overlap_judging: bool = False

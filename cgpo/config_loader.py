@@ -76,6 +76,10 @@ def _resolve_include(entry: SourcedDict, file: Path, stack: tuple[Path, ...]) ->
     return merged
 
 
+#: The reward keys that belong to one implementation and go with it when an include switches to the other.
+_IMPLEMENTATION_KEYS = {"model": ("dtype", "append_eos", "chat_template"), "function": ("params",)}
+
+
 def _without_replaced_blocks(base: SourcedDict, top: Mapping[str, Any]) -> SourcedDict:
     """``base`` minus the parts that ``top`` replaces rather than refines.
 
@@ -98,8 +102,9 @@ def _without_replaced_blocks(base: SourcedDict, top: Mapping[str, Any]) -> Sourc
     if isinstance(base_reward, SourcedDict) and isinstance(top_reward, Mapping):
         for kind, other in (("model", "function"), ("function", "model")):
             if top_reward.get(kind) is not None and base_reward.get(other) is not None:
-                # The base's implementation and its params go; its calibration settings stay.
-                trimmed = SourcedDict({k: v for k, v in base_reward.items() if k not in (other, "params")})
+                # The base's implementation and its settings go; its calibration settings stay.
+                dropped = {other, *_IMPLEMENTATION_KEYS[other]}
+                trimmed = SourcedDict({k: v for k, v in base_reward.items() if k not in dropped})
                 trimmed.origins = {k: v for k, v in base_reward.origins.items() if k in trimmed}
                 trimmed.origin = base_reward.origin
                 out["reward"] = trimmed

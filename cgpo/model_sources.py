@@ -95,6 +95,19 @@ def is_named_source(path: str) -> bool:
     return bool(colon) and any(source.family == family for source in SOURCES.values())
 
 
+def unknown_variant(path: str) -> str | None:
+    """Why ``path`` cannot be a named source (a known family, an unknown variant), or None (known, or no source).
+
+    Cheap (no import of torch or transformers), so ``cgpo validate`` refuses ``smollm2:bad-name`` before
+    anything is downloaded or loaded.
+    """
+    if not is_named_source(path) or path in SOURCES:
+        return None
+    family = path.partition(":")[0]
+    known = ", ".join(name for name in sorted(SOURCES) if name.startswith(family + ":"))
+    return f"unknown model source '{path}'; the {family} sources are {known}"
+
+
 def named_source(path: str) -> GGUFWheelSource:
     """The source a config names; a misspelt variant is a :class:`UserError` listing the known ones."""
     if path in SOURCES:

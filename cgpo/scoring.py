@@ -40,7 +40,7 @@ class TaskScorer:
         task: The task's config.
         resolve_model: Maps a config model path (``tiny:reward``) to a loadable one.
         device: Device for the reward model.
-        dtype: Reward-model dtype name.
+        dtype: Reward-model dtype name, unless the task sets ``reward.dtype``.
     """
 
     def __init__(self, task: TaskConfig, *, resolve_model: Callable[[str], str], device: str, dtype: str) -> None:
@@ -54,12 +54,18 @@ class TaskScorer:
         self.reward_identity = ""
         reward = task.reward
         if reward.model is not None:
-            from cgpo.reward_models import load_reward_model
+            from cgpo.reward_models import RewardModelError, load_reward_model
 
-            settings: dict[str, Any] = {"device": device, "dtype": dtype, "batch_size": reward.batch_size}
+            settings: dict[str, Any] = {
+                "device": device, "dtype": reward.dtype or dtype, "batch_size": reward.batch_size,
+                "append_eos": reward.append_eos, "chat_template": reward.chat_template,
+            }  # fmt: skip
             if reward.max_length is not None:
                 settings["max_length"] = reward.max_length
-            self.reward_fn = load_reward_model(resolve_model(reward.model), **settings)
+            try:
+                self.reward_fn = load_reward_model(resolve_model(reward.model), **settings)
+            except RewardModelError as exc:  # e.g. chat_template: always and the RM tokenizer has none
+                raise UserError(f"task {task.name}: reward: {exc}") from None
             self.reward_identity = self.reward_fn.identity
         elif reward.function is not None:
             from cgpo.rewards import REWARD_FUNCTIONS

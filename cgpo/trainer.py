@@ -26,6 +26,7 @@ import contextlib
 import io
 import signal
 import time
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -56,6 +57,10 @@ from cgpo.run_lock import RunLock
 from cgpo.scoring import TaskScorer
 
 Log = Callable[[str], None]
+
+#: The training keys a resume may change (with ``logging``): how long to train, and what later checkpoints hold
+#: (turning the optimizer state off is the way out of a filling disk without losing the run).
+_CHANGEABLE_ON_RESUME = ("max_steps", "save_optimizer_state")
 
 #: Signals that end a run with a checkpoint (SIGUSR1 does not exist on Windows).
 STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGUSR1") if hasattr(signal, name))
@@ -197,11 +202,17 @@ class CGPOTrainer:
             from peft import LoraConfig, get_peft_model
 
             lora = training.lora
-            policy = get_peft_model(
-                policy,
-                LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
-                           target_modules=lora.target_modules, task_type="CAUSAL_LM"),
-            )  # fmt: skip
+            with warnings.catch_warnings():
+                # peft (0.21) reads model.is_gradient_checkpointing inside get_peft_model, which transformers
+                # 5.25 deprecated in favour of is_activation_checkpointing: peft's call, not ours, and it would
+                # print on every LoRA run. Only that one message is silenced.
+                warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated",
+                                        category=FutureWarning)  # fmt: skip
+                policy = get_peft_model(
+                    policy,
+                    LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+                               target_modules=lora.target_modules, task_type="CAUSAL_LM"),
+                )  # fmt: skip
             if cfg.reference is not None:
                 self.log("training.lora is set: the reference is the base model with adapters disabled")
         else:
@@ -468,35 +479,48 @@ class CGPOTrainer:
         }
 
     def save_checkpoint(self) -> None:
-        """Write ``checkpoints/step-N`` atomically; keep the newest ``keep_checkpoints``."""
+        """Write ``checkpoints/step-N`` atomically; keep the newest ``keep_checkpoints``.
+
+        Raises ``CheckpointWriteError`` on every process when any process's write failed (the staging folder
+        removed, the previous checkpoints untouched).
+        """
         staging = ckpt.staging_dir(self.output_dir, self.step)
-        if self.is_main:
-            staging.mkdir(parents=True, exist_ok=True)
-        self.accelerator.wait_for_everyone()
+        # A failed write (a full disk) is reported, not raised, so that every process reaches the next
+        # agreement and all stop at once with the same error instead of waiting at a barrier for the timeout.
+        failure = ckpt.write_failure(lambda: ckpt.make_staging(staging)) if self.is_main else None
+        ckpt.agree_on_write_failures(self.accelerator, failure, staging)
         # Per process: RNG states and the scorers' baseline caches (each process generates its own a_bar).
-        ckpt.write_process_state(staging, self.rank, {t.name: t.scorer.state_dict() for t in self.tasks})
-        if self.fsdp:  # every process writes its own shards of the weights and AdamW state (DCP)
-            sharded.write_shards(staging, self.unwrapped, self._torch_optimizer)
-            self.accelerator.wait_for_everyone()
-            if self.is_main:
-                sharded.write_main_files(staging, scheduler=self.scheduler, state=self._trainer_state())
-        else:  # DDP replicas: the full weights and AdamW state, written by the main process
+        scorers = {t.name: t.scorer.state_dict() for t in self.tasks}
+        failure = ckpt.write_failure(
+            lambda: ckpt.write_process_state(staging, self.rank, scorers, remove_staging=False)
+        )
+        weights: Any = None
+        if self.fsdp:  # every process writes its own shards of the weights and AdamW state (DCP, collective)
+            ckpt.agree_on_write_failures(self.accelerator, failure, staging)
+            failure = ckpt.write_failure(lambda: sharded.write_shards(staging, self.unwrapped, self._torch_optimizer))
+        else:  # DDP replicas: the full weights, gathered on every process, written by the main one
             weights = self.accelerator.get_state_dict(self.policy)
-            self.accelerator.wait_for_everyone()
-            if self.is_main:
-                ckpt.write_main_files(staging, model=self.unwrapped, weights=weights, tokenizer=self.tokenizer,
-                                      optimizer=self.optimizer, scheduler=self.scheduler, state=self._trainer_state())  # fmt: skip
-        if self.is_main:
-            final = ckpt.publish(staging, self.step, self.config.training.keep_checkpoints)
-            self.log(f"checkpoint: {final}")
-        self.accelerator.wait_for_everyone()
+        ckpt.agree_on_write_failures(self.accelerator, failure, staging)
+        failure = ckpt.write_failure(lambda: self._publish_checkpoint(staging, weights)) if self.is_main else None
+        ckpt.agree_on_write_failures(self.accelerator, failure, staging)
+
+    def _publish_checkpoint(self, staging: Path, weights: Any) -> None:
+        """The main process's files, then the manifest and the rename to ``step-N`` (main process only)."""
+        if self.fsdp:
+            sharded.write_main_files(staging, scheduler=self.scheduler, state=self._trainer_state())
+        else:
+            ckpt.write_main_files(staging, model=self.unwrapped, weights=weights, tokenizer=self.tokenizer,
+                                  optimizer=self.optimizer if self.config.training.save_optimizer_state else None,
+                                  scheduler=self.scheduler, state=self._trainer_state())  # fmt: skip
+        final = ckpt.publish(staging, self.step, self.config.training.keep_checkpoints)
+        self.log(f"checkpoint: {final}")
 
     def _resume_or_start(self) -> None:
         if self.is_main:
             ckpt.remove_stale_staging(self.output_dir)
         # The newest checkpoint whose files match their manifest; each skipped one is logged with the reason.
         quiet = self.log if self.is_main else (lambda line: None)
-        folder = None if self.fresh else ckpt.latest_valid_checkpoint(self.output_dir, quiet)
+        folder = None if self.fresh else ckpt.agreed_resume_checkpoint(self.accelerator, self.output_dir, quiet)
         self._check_saved_config(resuming=folder is not None)
         if folder is None:
             if self.is_main:
@@ -514,8 +538,9 @@ class CGPOTrainer:
             )
         else:
             self._load_weights(folder / "policy")
-            self.optimizer.load_state_dict(torch.load(folder / "optimizer.pt", weights_only=False))
         self.scheduler.load_state_dict(torch.load(folder / "scheduler.pt", weights_only=False))
+        if not sharded.is_sharded_checkpoint(state):  # sharded checkpoints hold AdamW's shards (loaded above)
+            self._load_optimizer(folder)
         # A process the checkpoint has no files for (a run on more processes) keeps its seeded RNG streams
         # and starts with empty baseline caches.
         scorers = ckpt.load_process_state(folder, self.rank) if self.rank < state["world_size"] else {}
@@ -546,6 +571,19 @@ class CGPOTrainer:
             "so the run continues but does not reproduce an uninterrupted one"
         )
 
+    def _load_optimizer(self, folder: Path) -> None:
+        """AdamW's saved state, or, in a checkpoint written without it, a logged fresh start of its moments."""
+        path = folder / ckpt.OPTIMIZER_FILE
+        if path.is_file():
+            self.optimizer.load_state_dict(torch.load(path, weights_only=False))
+            return
+        # The fresh AdamW holds the schedule's step-0 rate; the next update must use the resumed step's.
+        for group, lr in zip(self.optimizer.param_groups, self.scheduler.get_last_lr(), strict=True):
+            group["lr"] = lr
+        if self.is_main:
+            self.log(f"{folder} has no {ckpt.OPTIMIZER_FILE} (training.save_optimizer_state was false): "
+                     "AdamW restarts with fresh moments; weights, scheduler, RNG and prompt order are resumed")  # fmt: skip
+
     def _load_weights(self, folder: Path) -> None:
         from safetensors.torch import load_file
 
@@ -566,7 +604,7 @@ class CGPOTrainer:
             )
 
     def _check_saved_config(self, *, resuming: bool) -> None:
-        """Write the resolved config; when resuming, refuse a config that changed beyond max_steps and logging."""
+        """Write the resolved config; when resuming, refuse a config that changed beyond ``_CHANGEABLE_ON_RESUME``."""
         import yaml
 
         from cgpo.schema import to_dict
@@ -577,8 +615,9 @@ class CGPOTrainer:
             saved = yaml.safe_load(path.read_text(encoding="utf-8"))
             comparable = {k: v for k, v in current.items() if k != "logging"}
             previous = {k: v for k, v in (saved or {}).items() if k != "logging"}
-            comparable["training"] = {k: v for k, v in comparable["training"].items() if k != "max_steps"}
-            previous["training"] = {k: v for k, v in previous.get("training", {}).items() if k != "max_steps"}
+            free = _CHANGEABLE_ON_RESUME
+            comparable["training"] = {k: v for k, v in comparable["training"].items() if k not in free}
+            previous["training"] = {k: v for k, v in previous.get("training", {}).items() if k not in free}
             if comparable != previous:
                 raise UserError(
                     f"{self.output_dir} holds a run with a different config ({path}); resuming would mix two runs. "

@@ -128,6 +128,12 @@ class LLMJudgeParams:
     def __post_init__(self) -> None:
         if not self.model.strip():
             raise Invalid("model", "must be a model directory, hub id or served model name")
+        if self.backend == "local":  # over HTTP, "family:tag" is an ordinary served name (ollama's)
+            from cgpo.model_sources import unknown_variant
+
+            reason = unknown_variant(self.model)
+            if reason is not None:
+                raise Invalid("model", reason)
         self._check_labels()
         if self.template is not None:
             self._check_template(self.template)

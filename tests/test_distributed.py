@@ -46,8 +46,10 @@ def test_fsdp1_is_refused_and_the_cpu_plugin_reads_the_launcher_environment(monk
 
 def test_what_fsdp_has_not_run_is_refused_by_name():
     with pytest.raises(UserError, match=r"training\.lora is not supported with FSDP"):
-        fsdp.check_run_config(SimpleNamespace(training=SimpleNamespace(lora=object())))
-    fsdp.check_run_config(SimpleNamespace(training=SimpleNamespace(lora=None)))
+        fsdp.check_run_config(SimpleNamespace(training=SimpleNamespace(lora=object(), save_optimizer_state=True)))
+    with pytest.raises(UserError, match=r"training\.save_optimizer_state: false is not supported with FSDP"):
+        fsdp.check_run_config(SimpleNamespace(training=SimpleNamespace(lora=None, save_optimizer_state=False)))
+    fsdp.check_run_config(SimpleNamespace(training=SimpleNamespace(lora=None, save_optimizer_state=True)))
 
 
 def test_layer_classes_that_match_no_module_are_a_user_error(tiny_models_dir):

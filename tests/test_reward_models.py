@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
 import pytest
 import torch
 
@@ -133,7 +136,8 @@ def test_chat_template_formatting(tiny_models_dir, tiny_tokenizer):
         plain.format(chat, "hello")
 
 
-def test_chat_template_always_requires_one(tmp_path, tiny_models_dir, tiny_tokenizer):
+def _reward_model_without_chat_template(tmp_path: Path, tiny_models_dir: Path, tiny_tokenizer: Any) -> Path:
+    """A copy of the tiny reward model whose tokenizer has no chat template."""
     from transformers import AutoModelForSequenceClassification
 
     out = tmp_path / "no-template"
@@ -142,6 +146,11 @@ def test_chat_template_always_requires_one(tmp_path, tiny_models_dir, tiny_token
     tokenizer.chat_template = None
     tokenizer.save_pretrained(out)
     (out / "chat_template.jinja").unlink(missing_ok=True)
+    return out
+
+
+def test_chat_template_always_requires_one(tmp_path, tiny_models_dir, tiny_tokenizer):
+    out = _reward_model_without_chat_template(tmp_path, tiny_models_dir, tiny_tokenizer)
     rm = load_reward_model(out)
     assert not rm.use_chat_template
     assert rm.format("a", "b") == "ab"
@@ -207,3 +216,54 @@ def test_settings_validate_from_yaml_data():
 def test_prompts_and_completions_must_match(tiny_models_dir):
     with pytest.raises(ValueError, match="must match"):
         load_reward_model(tiny_models_dir / "reward").score(["a", "b"], ["c"])
+
+
+def _task_with_reward(reward: dict) -> object:
+    from cgpo.config import TaskConfig
+
+    task = {"name": "t", "prompts": {"train": {"path": "x.jsonl"}}, "optimizer": {"name": "crpg"}, "reward": reward}
+    return build(TaskConfig, task)
+
+
+def test_the_task_reward_settings_reach_the_loaded_reward_model(tiny_models_dir, tiny_tokenizer):
+    from cgpo.scoring import TaskScorer
+
+    path = str(tiny_models_dir / "reward")
+    configured = {"model": path, "baseline": "none", "dtype": "bfloat16", "append_eos": True,
+                  "chat_template": "never", "max_length": 6}  # fmt: skip
+    rm = TaskScorer(_task_with_reward(configured), resolve_model=str, device="cpu", dtype="float32").reward_fn
+    default = TaskScorer(_task_with_reward({"model": path, "baseline": "none"}), resolve_model=str, device="cpu",
+                         dtype="float32").reward_fn  # fmt: skip
+    assert rm.model.dtype == torch.bfloat16 and default.model.dtype == torch.float32  # none: the device's default
+    eos = tiny_tokenizer.eos_token_id
+    plain = tiny_tokenizer("hi" + "hello")["input_ids"]  # chat_template: never scores prompt + completion
+    assert rm.encode("hi", "hello") == [*plain, eos][-6:]  # EOS appended, then the end kept
+    assert (
+        default.encode("hi", "hello")
+        == tiny_tokenizer("user: hi</s>assistant: hello</s>", add_special_tokens=False)["input_ids"]
+    )
+    assert rm.identity != default.identity  # cached baseline rewards never cross settings
+    assert torch.isfinite(rm.score(PROMPTS, COMPLETIONS)).all()
+
+
+def test_chat_template_always_on_a_reward_model_without_one_stops_cgpo_train_with_one_line(
+    tmp_path, tiny_models_dir, tiny_tokenizer, capsys
+):
+    import yaml
+
+    from cgpo.cli import main
+
+    rm_dir = _reward_model_without_chat_template(tmp_path, tiny_models_dir, tiny_tokenizer)
+    repo = Path(__file__).resolve().parent.parent
+    task = {"include": str(repo / "tasks" / "tiny_arithmetic.yaml"),
+            "reward": {"model": str(rm_dir), "chat_template": "always"}}  # fmt: skip
+    config = tmp_path / "run.yaml"
+    config.write_text(yaml.safe_dump({"policy": {"path": str(tiny_models_dir / "policy")}, "tasks": [task],
+                                      "training": {"max_steps": 1}, "output_dir": str(tmp_path / "run")}))  # fmt: skip
+    assert main(["validate", str(config)]) == 0  # a valid config: the tokenizer is only read when loading
+    assert main(["train", str(config)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1] == (
+        f"cgpo train: task tiny_arithmetic: reward: chat_template: always, but the tokenizer of '{rm_dir}' has no "
+        "chat template"
+    )

@@ -63,7 +63,9 @@ def write_shards(staging: Path, model: Any, optimizer: Any) -> None:
     from torch.distributed.checkpoint.state_dict_saver import save
 
     target = staging / SHARDED_DIR
-    with ckpt._staging_removed_on_failure(staging), ckpt._write_errors_named(target), _single_process_is_intended():
+    # No removal of the staging folder here on a failure: other processes may still write into it; the
+    # trainer's agreement on write failures removes it once every process has reported.
+    with ckpt._write_errors_named(target), _single_process_is_intended():
         save(_state_dicts(model, optimizer), checkpoint_id=str(target))
 
 

@@ -63,6 +63,11 @@ def fsdp_plugin(accelerator: Any) -> Any:
 
 def check_run_config(config: Any) -> None:
     """Refuse what cgpo has not run under FSDP (a one-line ``UserError`` naming the key)."""
+    if not config.training.save_optimizer_state:
+        raise UserError(
+            "training.save_optimizer_state: false is not supported with FSDP yet: sharded checkpoints always "
+            "hold AdamW's shards (each process writes only its own 1/N)"
+        )
     if config.training.lora is not None:
         raise UserError(
             "training.lora is not supported with FSDP yet (untested): train LoRA with DDP (configs/accelerate/ddp.yaml)"

@@ -228,3 +228,34 @@ def test_override_can_replace_the_task_list_with_task_files(folder):
 def test_zero_means_off_for_both_periodic_settings(folder):
     config = load_run_config(folder / "run.yaml", ["training.eval_every=0", "training.save_every=0"])
     assert config.training.eval_every == 0 and config.training.save_every == 0
+
+
+@pytest.mark.parametrize(
+    ("reward", "key", "reason"),
+    [
+        ("{model: tiny:reward, dtype: float64}", "dtype", "must be one of"),
+        ("{model: tiny:reward, chat_template: sometimes}", "chat_template", "must be one of"),
+        ("{model: tiny:reward, append_eos: maybe}", "append_eos", "boolean"),
+        ("{model: tiny:reward, max_length: 1}", "max_length", "must be >= 2 or null"),
+        ("{function: length_penalty, append_eos: true}", "append_eos", "only applies to 'model'"),
+        ("{baseline: none, dtype: bfloat16}", "dtype", "only applies to 'model'"),
+    ],
+)
+def test_reward_model_settings_are_checked_with_file_key_and_line(folder, reward, key, reason):
+    write(folder, "task.yaml", TASK + f"reward: {reward}\n")
+    err = error_of(load_task_config, folder / "task.yaml")
+    assert (err.file, err.key_path, err.line) == ("task.yaml", f"reward.{key}", 11), str(err)
+    assert reason in err.reason, str(err)
+
+
+def test_reward_model_settings_load_and_go_when_an_include_switches_to_a_function(folder):
+    settings = "reward: {model: tiny:reward, dtype: bfloat16, append_eos: true, chat_template: never, max_length: 2}\n"
+    write(folder, "task.yaml", TASK + settings)
+    reward = load_task_config(folder / "task.yaml").reward
+    assert (reward.dtype, reward.append_eos, reward.chat_template, reward.max_length) == ("bfloat16", True, "never", 2)
+    write(folder, "variant.yaml", "include: task.yaml\nreward: {function: length_penalty, params: {max_length: 9}}\n")
+    reward = load_task_config(folder / "variant.yaml").reward
+    assert reward.function == "length_penalty" and (reward.dtype, reward.append_eos, reward.chat_template) == (
+        None, False, "auto",
+    )  # fmt: skip
+    assert reward.max_length == 2  # a scoring setting shared by both kinds stays

@@ -126,26 +126,36 @@ def _launch(tmp_path: Path, models: Path, micro_batch_size: int | None) -> tuple
     out.mkdir()
     config = tmp_path / "run.yaml"
     config.write_text(_run_config(models, output_dir, micro_batch_size))
-    script = tmp_path / "ddp_probe.py"
-    script.write_text(SCRIPT)
-    # A clean launcher environment: no inherited ACCELERATE_* settings, and an empty HF_HOME so that no
-    # default accelerate config file (mixed precision, GPU ids, ...) changes what the flags ask for.
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ACCELERATE_")}
-    env.update(ACCELERATE_USE_CPU="true", HF_HOME=str(tmp_path / "hf-home"), PYTHONUNBUFFERED="1",
-               OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join(sys.path))  # fmt: skip
-    command = [
-        sys.executable, "-m", "accelerate.commands.launch",
-        "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-        "--main_process_port", str(_free_port()), "--mixed_precision", "no", "--dynamo_backend", "no",
-        str(script), str(config), str(out),
-    ]  # fmt: skip
-    started = time.perf_counter()
-    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300, check=False, cwd=tmp_path)
-    seconds = time.perf_counter() - started
+    result, seconds = _launch_script(tmp_path, SCRIPT, [str(config), str(out)])
     assert result.returncode == 0, (
         f"launcher exit {result.returncode}\n{result.stdout[-3000:]}\n{result.stderr[-6000:]}"
     )
     return out, output_dir, seconds
+
+
+def _launcher_env(tmp_path: Path) -> dict[str, str]:
+    """A clean launcher environment: no inherited ACCELERATE_* settings, and an empty HF_HOME so that no
+    default accelerate config file (mixed precision, GPU ids, ...) changes what the flags ask for."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ACCELERATE_")}
+    env.update(ACCELERATE_USE_CPU="true", HF_HOME=str(tmp_path / "hf-home"), PYTHONUNBUFFERED="1",
+               OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join(sys.path))  # fmt: skip
+    return env
+
+
+def _launch_script(tmp_path: Path, text: str, args: list[str]) -> tuple[subprocess.CompletedProcess[str], float]:
+    """Run a script (``text``) once per rank under the 2-process CPU launcher; return its result and seconds."""
+    script = tmp_path / f"ddp_script_{len(list(tmp_path.glob('ddp_script_*.py')))}.py"
+    script.write_text(text)
+    env = _launcher_env(tmp_path)
+    command = [
+        sys.executable, "-m", "accelerate.commands.launch",
+        "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+        "--main_process_port", str(_free_port()), "--mixed_precision", "no", "--dynamo_backend", "no",
+        str(script), *args,
+    ]  # fmt: skip
+    started = time.perf_counter()
+    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300, check=False, cwd=tmp_path)
+    return result, time.perf_counter() - started
 
 
 def _check_replicas(out: Path, output_dir: Path) -> tuple[dict, dict]:
@@ -197,3 +207,108 @@ def test_two_process_ddp_keeps_replicas_identical(tmp_path, tiny_models_dir, mic
     first, second = _check_replicas(out, output_dir)
     print(f"DDP 2x CPU, micro_batch_size={micro_batch_size}: {seconds:.1f} s; "
           f"initial {first['initial'][:16]}, final rank0 {first['final'][:16]} rank1 {second['final'][:16]}")  # fmt: skip
+
+
+# A full disk on rank 1 only: its files are capped at LIMIT bytes (RLIMIT_FSIZE, set in that process alone,
+# before cgpo is imported), so its rng-1.pt write fails with EFBIG while rank 0 writes everything. The run is
+# `cgpo train` itself, as a user launches it.
+FULL_DISK_ON_RANK_1 = r"""
+import os
+import resource
+import signal
+import sys
+
+if os.environ["RANK"] == "1":
+    # Ignored, SIGXFSZ leaves the failing write to return EFBIG, what a full disk (ENOSPC) looks like.
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (int(sys.argv[2]), resource.RLIM_INFINITY))
+
+from cgpo.cli import main  # noqa: E402
+
+sys.exit(main(["train", sys.argv[1]]))
+"""
+
+
+@pytest.mark.slow
+def test_a_failed_checkpoint_write_on_one_rank_stops_every_rank_at_once_with_the_same_line(tmp_path, tiny_models_dir):
+    from cgpo import checkpoint as ckpt
+
+    output_dir = tmp_path / "run"
+    config = tmp_path / "run.yaml"
+    config.write_text(_run_config(tiny_models_dir, output_dir, None))
+    # The datasets cache of the launched run is filled first (its Arrow files are tens of kB), so that the
+    # first file rank 1 writes past 1 kB is its checkpoint's rng-1.pt.
+    warm = "import sys; from cgpo.config_loader import load_run_config; from cgpo.data import load_records; " \
+           "[load_records(task) for task in load_run_config(sys.argv[1]).tasks]"  # fmt: skip
+    subprocess.run([sys.executable, "-c", warm, str(config)], env=_launcher_env(tmp_path), check=True, timeout=120)
+    result, seconds = _launch_script(tmp_path, FULL_DISK_ON_RANK_1, [str(config), "1024"])
+    assert result.returncode != 0, result.stderr[-4000:]
+    staging = ckpt.staging_dir(output_dir, 1)
+    line = (
+        f"cgpo train: cannot write {staging / 'rng-1.pt'}: File too large "
+        "(the disk is full or a file size limit was reached) (on process 1 of 2)"
+    )
+    # Both ranks stop with the same line (rank 0's own writes succeeded), in seconds. Before the ranks agreed,
+    # rank 1 raised alone: here torchrun then killed rank 0 (SIGTERM) after rank 0 had failed on a file of the
+    # staging folder rank 1 had removed ("rng-0.pt: No such file or directory"); with NCCL rank 0 would have
+    # waited at the next barrier for the collective timeout (30 minutes).
+    assert result.stderr.splitlines().count(line) == 2, result.stderr[-4000:]
+    assert seconds < 120, seconds
+    assert not staging.exists() and ckpt.complete_checkpoints(output_dir) == []
+
+
+# Resumes a run under the launcher and records, per rank, which checkpoint it resumed from and how many files
+# it hashed while choosing it (cgpo.checkpoint._sha256 wrapped, during setup only).
+RESUME = r"""
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+torch.set_num_threads(1)
+
+from cgpo import checkpoint as ckpt  # noqa: E402
+from cgpo.config_loader import load_run_config  # noqa: E402
+from cgpo.trainer import CGPOTrainer  # noqa: E402
+
+hashed = []
+original = ckpt._sha256
+
+
+def counting_sha256(path, **kwargs):
+    hashed.append(str(path))
+    return original(path, **kwargs)
+
+
+ckpt._sha256 = counting_sha256
+lines = []
+trainer = CGPOTrainer(load_run_config(sys.argv[1], sys.argv[3:]), log=lines.append)
+trainer.setup()
+during_setup, resumed = len(hashed), trainer.step
+try:
+    trainer.train()
+finally:
+    trainer.close()
+evidence = {"resumed": resumed, "hashed": during_setup, "step": trainer.step, "log": lines}
+(Path(sys.argv[2]) / f"resume-{trainer.rank}.json").write_text(json.dumps(evidence))
+"""
+
+
+@pytest.mark.slow
+def test_ddp_resume_is_verified_by_rank_0_alone_and_every_rank_resumes_from_its_choice(tmp_path, tiny_models_dir):
+    out, output_dir, _ = _launch(tmp_path, tiny_models_dir, None)  # checkpoints at steps 1 and 2
+    newest = output_dir / "checkpoints" / f"step-{STEPS}" / "optimizer.pt"
+    os.truncate(newest, newest.stat().st_size // 2)  # corrupt: the resume must fall back to step 1
+    result, _ = _launch_script(
+        tmp_path, RESUME, [str(tmp_path / "run.yaml"), str(out), f"training.max_steps={STEPS + 1}"]
+    )
+    assert result.returncode == 0, f"{result.stdout[-3000:]}\n{result.stderr[-6000:]}"
+    first, second = (json.loads((out / f"resume-{rank}.json").read_text()) for rank in (0, 1))
+    assert first["resumed"] == second["resumed"] == STEPS - 1  # the same, verified, fallback on both ranks
+    assert first["step"] == second["step"] == STEPS + 1
+    manifest = json.loads((output_dir / "checkpoints" / f"step-{STEPS - 1}" / "manifest.json").read_text())
+    assert second["hashed"] == 0  # rank 1 hashed nothing: rank 0's choice was broadcast
+    # Rank 0 stopped hashing the corrupt checkpoint at its size check, then hashed every file of step 1.
+    assert first["hashed"] == len(manifest["files"])
+    assert any(f"skipping checkpoint {newest.parent}: optimizer.pt has" in line for line in first["log"])

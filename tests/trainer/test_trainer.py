@@ -203,3 +203,33 @@ def test_a_stop_signal_saves_a_checkpoint_and_exits_cleanly(write_run_config, si
     assert "Traceback" not in err
     checkpoints = list((run_dir(config) / "checkpoints").glob("step-*"))
     assert len(checkpoints) == 1 and (checkpoints[0] / "trainer_state.json").is_file()
+
+
+def test_without_optimizer_state_checkpoints_skip_it_and_a_resume_restarts_adamw(write_run_config, capsys):
+    training = {"max_steps": 2, "learning_rate": 1.0e-3, "save_every": 1, "save_optimizer_state": False,
+                "lr_scheduler": "constant_with_warmup", "warmup_steps": 5}  # fmt: skip
+    config = write_run_config(training=training)
+    assert main(["train", str(config)]) == 0
+    checkpoint = run_dir(config) / "checkpoints" / "step-2"
+    assert not (checkpoint / "optimizer.pt").exists()
+    assert {"scheduler.pt", "rng-0.pt", "policy/model.safetensors"} <= set(
+        json.loads((checkpoint / "manifest.json").read_text())["files"]
+    )
+    capsys.readouterr()
+    lines: list[str] = []
+    # Turning the optimizer state back on is a change a resume accepts (as max_steps).
+    overrides = ["training.max_steps=3", "training.save_optimizer_state=true"]
+    trainer = CGPOTrainer(load_run_config(config, overrides), log=lines.append)
+    trainer.setup()
+    try:
+        assert trainer.step == 2
+        assert not trainer.optimizer.state  # fresh moments
+        # The fresh AdamW uses the resumed step's rate (2 of 5 warm-up steps done), not step 0's (0.0).
+        assert trainer.optimizer.param_groups[0]["lr"] == pytest.approx(1.0e-3 * 2 / 5)
+        trainer.train()
+    finally:
+        trainer.close()
+    assert any("has no optimizer.pt" in line and "AdamW restarts" in line for line in lines), lines
+    steps = [json.loads(line)["step"] for line in (run_dir(config) / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3]
+    assert (run_dir(config) / "checkpoints" / "step-3" / "optimizer.pt").is_file()
