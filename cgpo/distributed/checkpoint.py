@@ -18,6 +18,7 @@ by W processes loads into any number of processes, also into a plain unsharded m
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import warnings
@@ -63,10 +64,34 @@ def write_shards(staging: Path, model: Any, optimizer: Any) -> None:
     from torch.distributed.checkpoint.state_dict_saver import save
 
     target = staging / SHARDED_DIR
+    from torch.distributed.checkpoint.api import CheckpointException
+
     # No removal of the staging folder here on a failure: other processes may still write into it; the
     # trainer's agreement on write failures removes it once every process has reported.
-    with ckpt._write_errors_named(target), _single_process_is_intended():
-        save(_state_dicts(model, optimizer), checkpoint_id=str(target))
+    try:
+        with ckpt._write_errors_named(target), _single_process_is_intended():
+            save(_state_dicts(model, optimizer), checkpoint_id=str(target))
+    except CheckpointException as exc:  # DCP gathers every process's failure and raises it on all of them
+        _raise_own_write_error(target, exc)
+
+
+def _raise_own_write_error(target: Path, exc: Any) -> None:
+    """This process's I/O failure as a one-line ``CheckpointWriteError``; return if only others failed.
+
+    The trainer's agreement on write failures then stops every process with the failing one's line, as for
+    any other checkpoint file. A failure that is not an I/O error (a bug) is raised as it is, everywhere.
+    """
+    import torch.distributed as dist
+
+    causes = {rank: ckpt._os_error_of(error) for rank, (error, _) in exc.failures.items()}
+    if any(cause is None for cause in causes.values()):
+        raise exc
+    own = causes.get(dist.get_rank() if dist.is_initialized() else 0)
+    if own is None:
+        return
+    hint = " (the disk is full or a file size limit was reached)" if own.errno in (
+        errno.ENOSPC, errno.EFBIG, errno.EDQUOT) else ""  # fmt: skip
+    raise ckpt.CheckpointWriteError(f"cannot write {target}: {own.strerror or own}{hint}") from exc
 
 
 def write_main_files(staging: Path, *, scheduler: Any, state: Mapping[str, Any]) -> None:

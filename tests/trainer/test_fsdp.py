@@ -384,3 +384,48 @@ def test_a_ddp_checkpoint_resumes_on_one_process_but_not_under_fsdp(tmp_path, ti
     assert "resumed from" in one.stderr and "(step 2)" in one.stderr
     state = json.loads((tmp_path / "run" / "checkpoints" / "step-3" / "trainer_state.json").read_text())
     assert state["world_size"] == 1 and state["step"] == 3
+
+
+# A full disk on rank 1 only, past its small files: its shard write fails with EFBIG (RLIMIT_FSIZE set in
+# that process alone, before cgpo is imported) while rank 0 writes its own. `cgpo train` as a user runs it.
+FULL_DISK_ON_RANK_1 = r"""
+import os
+import resource
+import signal
+import sys
+
+if os.environ["RANK"] == "1":
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # the failing write returns EFBIG, as a full disk would
+    resource.setrlimit(resource.RLIMIT_FSIZE, (int(sys.argv[2]), resource.RLIM_INFINITY))
+
+from cgpo.cli import main  # noqa: E402
+
+sys.exit(main(["train", sys.argv[1]]))
+"""
+
+
+@pytest.mark.slow
+def test_a_failed_shard_write_on_one_rank_stops_every_rank_with_the_same_line(tmp_path, tiny_models_dir):
+    from cgpo import checkpoint as ckpt
+
+    config = tmp_path / "run.yaml"
+    config.write_text(_run_config(tiny_models_dir, tmp_path / "run", steps=2))
+    # The datasets cache first (tens of kB of Arrow files), so that the first file of rank 1 past the limit is
+    # its shard (about 180 kB for the test-size policy and its AdamW moments; rng-1.pt is about 14 kB).
+    warm = "import sys; from cgpo.config_loader import load_run_config; from cgpo.data import load_records; " \
+           "[load_records(task) for task in load_run_config(sys.argv[1]).tasks]"  # fmt: skip
+    subprocess.run([sys.executable, "-c", warm, str(config)], env=_env(tmp_path), check=True, timeout=120)
+    script = tmp_path / "full_disk.py"
+    script.write_text(FULL_DISK_ON_RANK_1)
+    started = time.perf_counter()
+    result = subprocess.run([*_launcher("fsdp", 2), str(script), str(config), str(50_000)], env=_env(tmp_path),
+                            cwd=tmp_path, capture_output=True, text=True, timeout=300, check=False)  # fmt: skip
+    assert result.returncode != 0, result.stderr[-4000:]
+    staging = ckpt.staging_dir(tmp_path / "run", 1)
+    line = (
+        f"cgpo train: cannot write {staging / 'sharded'}: File too large (the disk is full or a file size "
+        "limit was reached) (on process 1 of 2)"
+    )
+    assert result.stderr.splitlines().count(line) == 2, result.stderr[-4000:]
+    assert time.perf_counter() - started < 120
+    assert not staging.exists() and ckpt.complete_checkpoints(tmp_path / "run") == []
