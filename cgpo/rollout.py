@@ -18,6 +18,7 @@ from typing import Any
 import torch
 
 from cgpo.config import SamplingConfig
+from cgpo.distributed.fsdp import is_sharded
 
 
 @dataclass
@@ -137,6 +138,10 @@ def generate(
                               "eos_token_id": eos_ids, "do_sample": not greedy}  # fmt: skip
     if not greedy:
         kwargs.update(temperature=sampling.temperature, top_p=sampling.top_p, top_k=sampling.top_k or 0)
+    if is_sharded(model):
+        # Every forward of an FSDP2 policy gathers parameters collectively: all processes keep decoding until
+        # the longest generation of any process ends (transformers does not detect fully_shard itself).
+        kwargs["synced_gpus"] = True
     try:
         for start in range(0, len(repeated), step):
             if share:
