@@ -240,6 +240,7 @@ def check_prompt_lengths(config: RunConfig) -> list[Problem]:
     every prompt of a task is too long it is an error (the trainer stops on it). Loads the tokenizer and
     the model config only; the embedded tiny models are not built for this (a warning says so).
     """
+    from cgpo import model_sources
     from cgpo.config import TINY_PREFIX
 
     policy = config.policy.path
@@ -251,6 +252,13 @@ def check_prompt_lengths(config: RunConfig) -> list[Problem]:
             return [Problem(f"policy {policy}", "prompt lengths not checked: the tiny models are not built yet "
                             "(cgpo train builds them)", "warning")]  # fmt: skip
         policy = str(folder / policy[len(TINY_PREFIX) :])
+    elif model_sources.is_named_source(policy):
+        # A named source (smollm2:135m-instruct) is a converted folder in the cache, not a hub id.
+        folder = model_sources.model_dir(model_sources.named_source(policy))
+        if not model_sources.is_converted(folder):
+            return [Problem(f"policy {policy}", "prompt lengths not checked: not converted yet "
+                            "(cgpo bootstrap, or cgpo train on first use, converts it)", "warning")]  # fmt: skip
+        policy = str(folder)
     try:
         tokenizer, positions = _tokenizer_and_positions(config, policy)
     except Exception as exc:  # noqa: BLE001 - any loader failure: cgpo train reports it; here it only limits the check

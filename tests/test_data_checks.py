@@ -192,6 +192,29 @@ def test_prompts_too_long_for_the_policy_context_are_listed_and_counted(tmp_path
     )
 
 
+@pytest.mark.parametrize("converted", [True, False])
+def test_a_named_policy_source_is_checked_from_its_converted_folder(tmp_path, tiny_models_dir, capsys, monkeypatch,
+                                                                     converted):  # fmt: skip
+    from cgpo import model_sources
+
+    # smollm2:135m-instruct stands for its converted cache folder (here the test policy, 256 positions), not a
+    # hub id: the length check loads the tokenizer from that folder, or says the model is not converted yet.
+    monkeypatch.setattr(model_sources, "model_dir", lambda source: tiny_models_dir / "policy")
+    monkeypatch.setattr(model_sources, "is_converted", lambda folder: converted)
+    train = [GOOD, row(prompt="What is " + "1+" * 200 + "1?", completion="\\boxed{201}", answer="201")]
+    config = write_run(tmp_path, tiny_models_dir, task_yaml(tmp_path, "tiny_arithmetic", train))
+    config.write_text(config.read_text().replace(str(tiny_models_dir / "policy"), "smollm2:135m-instruct"))
+    assert main(["validate", str(config)]) == 0
+    err = capsys.readouterr().err
+    if converted:
+        assert "1 of 2 train prompts are too long for 256 positions" in err
+    else:
+        assert err.strip() == (
+            "policy smollm2:135m-instruct: warning: prompt lengths not checked: not converted yet (cgpo bootstrap, "
+            "or cgpo train on first use, converts it)"
+        )
+
+
 def test_judges_say_which_metadata_they_cannot_use():
     from cgpo_judges.code import CodeJudge
     from cgpo_judges.format import FormatJudge
