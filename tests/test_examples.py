@@ -309,5 +309,11 @@ def test_real_model_smoke(tmp_path):
     assert "IFEval prompt-level strict" in table and "GSM8K accuracy" in table
     assert (out / "held_out.png").is_file() and (out / "report" / "summary.md").is_file()
     (out / "table.md").unlink()
-    assert real_model.main(["--out", str(out), "--report"]) == 0  # regenerated from results.json alone
+    readme = tmp_path / "README.md"
+    readme.write_text("# x\n<!-- results:table -->\nold\n<!-- /results:table -->\n<!-- results:samples -->\n"
+                      "<!-- /results:samples -->\n<!-- results:outcome -->\n<!-- /results:outcome -->\n")  # fmt: skip
+    # Regenerated from results.json alone, the README's measured sections with it.
+    assert real_model.main(["--out", str(out), "--report", "--readme", str(readme)]) == 0
     assert (out / "table.md").read_text() == table
+    text = readme.read_text()
+    assert table in text and "\nold\n" not in text and "*before*" in text and "IFEval prompt-level loose: " in text

@@ -4,6 +4,7 @@
 
     python examples/real_model/run.py --out runs/real_model            # the study (about an hour, 2 CPU cores)
     python examples/real_model/run.py --out runs/real_model --report   # table.md and plots from results.json
+    python examples/real_model/run.py --out runs/real_model --report --readme examples/real_model/README.md
     python examples/real_model/run.py --out /tmp/smoke --smoke         # the same pipeline on tiny:policy
 
 1. Fixed random subsets of the held-out prompts (``--subset-seed``): ``--ifeval-prompts`` of IFEval's 541 and
@@ -73,6 +74,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--policy", default=None, help="policy to start from (default: smollm2:135m-instruct)")
     parser.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
     parser.add_argument("--report", action="store_true", help="only rewrite table.md and the plots from results.json")
+    parser.add_argument("--readme", type=Path, default=None, metavar="FILE",
+                        help="with --report: also rewrite FILE's measured sections (between <!-- results:KEY --> "
+                             "markers) from results.json")  # fmt: skip
     parser.add_argument("--smoke", action="store_true", help="tiny:policy, 2 steps, 6+6 prompts, 2 seeds")
     args = parser.parse_args(argv)
     if args.smoke:
@@ -248,6 +252,53 @@ def table(results: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _quote(text: str, limit: int = 400) -> str:
+    """``text`` as a markdown blockquote, cut at ``limit`` characters."""
+    text = text if len(text) <= limit else text[:limit] + " [...]"
+    return "\n".join("> " + line for line in (text.strip() or "(empty)").splitlines())
+
+
+def samples_markdown(results: dict[str, Any]) -> str:
+    """The before/after samples of ``results.json`` (first seed) as markdown."""
+    parts = []
+    for sample in results.get("samples", []):
+        parts.append(f"**{sample['task']}**: {_quote(sample['prompt'], 300)[2:]}\n")
+        for side in ("before", "after"):
+            verdicts = ", ".join(f"{k} {v}" for k, v in sample[f"{side}_verdict"].items())
+            parts.append(f"*{side}* ({verdicts}):\n\n{_quote(sample[side])}\n")
+    return "\n".join(parts)
+
+
+def outcome_markdown(results: dict[str, Any]) -> str:
+    """One line per metric: gain, loss or no significant change (the mean over seeds' 95% interval)."""
+    lines = []
+    for metric, (_, label) in METRICS.items():
+        row = results["comparison"][metric]
+        verdict = "gain" if row["gain"] else ("loss" if row["loss"] else "no significant change")
+        mean = row["mean"]
+        lines.append(f"- {label}: {verdict} ({_pct(mean['delta'])} pp [{_pct(mean['ci_low'])}, "
+                     f"{_pct(mean['ci_high'])}])")  # fmt: skip
+    steps = {seed: run["steps"] for seed, run in results["training"].items()}
+    per_step = [run["seconds_per_step"] for run in results["training"].values() if run["seconds_per_step"]]
+    lines.append(f"\nSeeds {results['seeds']}, steps per seed {steps}, mean seconds per training step "
+                 f"{sum(per_step) / max(1, len(per_step)):.0f}, start evaluation {results['eval_start_seconds']:.0f} s.")  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
+def fill_readme(path: Path, results: dict[str, Any]) -> None:
+    """Replace each ``<!-- results:KEY -->...<!-- /results:KEY -->`` section of ``path`` with measured text."""
+    import re
+
+    text = path.read_text(encoding="utf-8")
+    for key, body in (("table", table(results)), ("samples", samples_markdown(results)),
+                      ("outcome", outcome_markdown(results))):  # fmt: skip
+        pattern = re.compile(rf"(<!-- results:{key} -->\n).*?(<!-- /results:{key} -->)", re.DOTALL)
+        if not pattern.search(text):
+            raise SystemExit(f"run.py: {path} has no <!-- results:{key} --> ... <!-- /results:{key} --> section")
+        text = pattern.sub(lambda m, body=body: m.group(1) + body + m.group(2), text)
+    path.write_text(text, encoding="utf-8")
+
+
 def plot(results: dict[str, Any], out: Path) -> Path:
     """``held_out.png``: each metric before and after (per seed), with the mean change's 95% interval."""
     import matplotlib
@@ -355,6 +406,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         results = json.loads((out / "results.json").read_text(encoding="utf-8"))
         check_results(results)
         finish(results, out, [out / f"seed{seed}" for seed in results["seeds"]])
+        if args.readme is not None:
+            fill_readme(args.readme, results)
         return 0
     import torch
 
