@@ -209,7 +209,7 @@ class _Checker:
         summary = f"accelerate config: {detail}, {count}{where}, {precision}"
         if distributed == DistributedType.DEEPSPEED.value:
             # Valid for accelerate, but the trainer refuses it: say so now rather than only at launch.
-            summary += "; note: cgpo train does not support DeepSpeed yet (use DDP or FSDP)"
+            summary += "; note: cgpo train refuses DeepSpeed (use FSDP2 for ZeRO-3-style sharding, or DDP)"
         return summary
 
     def _mixed_precision(self) -> str:

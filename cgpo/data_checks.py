@@ -238,7 +238,8 @@ def check_prompt_lengths(config: RunConfig) -> list[Problem]:
     A prompt is too long when its token count (the policy tokenizer, the task's chat formatting) plus
     ``sampling.max_new_tokens`` exceeds the policy's ``max_position_embeddings``: the trainer's rule. When
     every prompt of a task is too long it is an error (the trainer stops on it). Loads the tokenizer and
-    the model config only; the embedded tiny models are not built for this (a warning says so).
+    the model config only; the embedded tiny models are not built and a named source (``smollm2:...``) is
+    not converted for this (a warning says so).
     """
     from cgpo.config import TINY_PREFIX
 
@@ -251,6 +252,15 @@ def check_prompt_lengths(config: RunConfig) -> list[Problem]:
             return [Problem(f"policy {policy}", "prompt lengths not checked: the tiny models are not built yet "
                             "(cgpo train builds them)", "warning")]  # fmt: skip
         policy = str(folder / policy[len(TINY_PREFIX) :])
+    from cgpo import model_sources
+
+    if policy in model_sources.SOURCES:
+        # A named source is read from its converted folder; validation never downloads or converts one.
+        converted = model_sources.model_dir(model_sources.named_source(policy))
+        if not model_sources.is_converted(converted):
+            return [Problem(f"policy {policy}", "prompt lengths not checked: not converted yet (cgpo train or "
+                            f"cgpo bootstrap {policy.split(':')[0]} converts it)", "warning")]  # fmt: skip
+        policy = str(converted)
     try:
         tokenizer, positions = _tokenizer_and_positions(config, policy)
     except Exception as exc:  # noqa: BLE001 - any loader failure: cgpo train reports it; here it only limits the check

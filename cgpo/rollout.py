@@ -18,6 +18,7 @@ from typing import Any
 import torch
 
 from cgpo.config import SamplingConfig
+from cgpo.distributed.fsdp import is_sharded
 
 
 @dataclass
@@ -137,6 +138,10 @@ def generate(
                               "eos_token_id": eos_ids, "do_sample": not greedy}  # fmt: skip
     if not greedy:
         kwargs.update(temperature=sampling.temperature, top_p=sampling.top_p, top_k=sampling.top_k or 0)
+    if is_sharded(model):
+        # Every forward of an FSDP2 policy gathers parameters collectively: all processes keep decoding until
+        # the longest generation of any process ends (transformers does not detect fully_shard itself).
+        kwargs["synced_gpus"] = True
     try:
         for start in range(0, len(repeated), step):
             if share:
@@ -164,10 +169,11 @@ def generate(
 
 @functools.cache
 def _cache_argument() -> str:
-    """The name under which ``generate`` takes a prefilled KV cache.
+    """The name under which ``generate`` takes a prefilled KV cache, and a model output holds it.
 
     transformers 5.24 renamed ``past_key_values`` to ``cache`` (the old name warns on every call and goes in
-    6.0); earlier releases only know ``past_key_values``.
+    6.0; reading ``output.past_key_values`` logs a deprecation once); earlier releases only know
+    ``past_key_values``.
     """
     import transformers
     from packaging.version import Version
@@ -200,7 +206,8 @@ def _prefill(model: Any, ids: torch.Tensor, mask: torch.Tensor, k: int) -> Any:
     kwargs: dict[str, Any] = {"logits_to_keep": 1} if "logits_to_keep" in _forward_parameters(model) else {}
     out = model(input_ids=ids[:, :-1], attention_mask=mask[:, :-1], position_ids=positions[:, :-1],
                 use_cache=True, **kwargs)  # fmt: skip
-    cache = getattr(out, "past_key_values", None)
+    # The output's field has the same new name as generate's argument; reading the old one logs a deprecation.
+    cache = getattr(out, _cache_argument(), None)
     if not isinstance(cache, DynamicCache):
         return None
     cache.batch_repeat_interleave(k)

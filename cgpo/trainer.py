@@ -15,7 +15,9 @@ The trainer keeps what lives across steps: the accelerator, models, AdamW, sched
 and scorers, metrics, signals and checkpoints. The reference is a frozen copy of the initial policy, or,
 with LoRA, the same model with its adapters disabled (:mod:`cgpo.reference`: no second copy in memory).
 Checkpoints (:mod:`cgpo.checkpoint`) carry everything needed for an exact resume: weights, optimizer,
-scheduler, RNG states, sampler positions and baseline caches.
+scheduler, RNG states, sampler positions and baseline caches. Under FSDP the policy is sharded by
+:mod:`cgpo.distributed.fsdp` and its weights and optimizer state are checkpointed in shards by
+:mod:`cgpo.distributed.checkpoint`.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import contextlib
 import io
 import signal
 import time
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -33,6 +36,8 @@ import torch
 from cgpo import checkpoint as ckpt
 from cgpo.config import RunConfig, TaskConfig
 from cgpo.data import TaskSampler, encode_prompt, load_records
+from cgpo.distributed import checkpoint as sharded
+from cgpo.distributed import fsdp
 from cgpo.errors import UserError
 from cgpo.judge_alarm import JudgeErrorAlarm, JudgeErrorAlarmStop
 from cgpo.metrics import MetricsWriter, PhaseTimer, Progress, RewardHackingMonitor
@@ -103,25 +108,37 @@ class CGPOTrainer:
         self.world = self.accelerator.num_processes
         self.rank = self.accelerator.process_index
         if self.accelerator.distributed_type.name == "DEEPSPEED":
-            # accelerate's DeepSpeed engine steps on every synchronized backward, and ZeRO-3 partitions the
-            # frozen reference and reward models too; neither fits one update over several tasks yet.
+            # accelerate's DeepSpeed engine steps on every synchronized backward (one AdamW update per task,
+            # not one on the weighted sum), and ZeRO-3 partitions the frozen reference and reward models,
+            # which never enter an engine. No DeepSpeed path has ever run, so none is shipped.
             raise UserError(
-                "DeepSpeed is not supported by this version of the trainer; launch with DDP "
-                "(configs/accelerate/ddp.yaml) or FSDP (configs/accelerate/fsdp.yaml), see configs/accelerate/README.md"
+                "DeepSpeed is refused: its engine takes an optimizer step on every backward (one per task, not one "
+                "per CGPO step) and no DeepSpeed path of cgpo has been run; for ZeRO-3-style sharding launch "
+                "with FSDP2 (configs/accelerate/fsdp.yaml), else DDP (configs/accelerate/ddp.yaml); see "
+                "configs/accelerate/README.md"
             )
+        # FSDP: cgpo shards the policy itself (cgpo.distributed.fsdp), on GPUs and on CPU alike.
+        self.fsdp = fsdp.fsdp_requested(self.accelerator)
+        if self.fsdp:
+            fsdp.check_run_config(self.config)
         # One run per output_dir: a second one is refused at once, naming the first's pid and host; the lock
         # is a flock, so a killed run never leaves it behind.
         self._lock = RunLock.acquire(self.output_dir) if self.is_main else None
         set_seed(cfg.seed)  # identical on every process: LoRA initialization must match across ranks
         self._load_models()
+        if self.fsdp:  # layer by layer onto the device, sharded as it goes: never the whole policy on one GPU
+            plugin = fsdp.fsdp_plugin(self.accelerator)
+            self.policy = fsdp.shard_policy(self.policy, plugin, mixed_precision=self.accelerator.mixed_precision)
         self.tasks = [self._build_task(task) for task in self.config.tasks]
         for task in self.tasks:  # judges start their workers now, not inside the first steps
             task.scorer.mixture.warm_up()
         params = [p for p in self.policy.parameters() if p.requires_grad]
         # The fused AdamW kernel (one kernel for all parameters) where it is known to apply: plain or DDP
         # replicas of floating-point parameters; sharded (FSDP) parameters keep the default implementation.
-        fused = self.accelerator.distributed_type.name in ("NO", "MULTI_CPU", "MULTI_GPU") and all(
-            p.is_floating_point() for p in params
+        fused = (
+            not self.fsdp
+            and self.accelerator.distributed_type.name in ("NO", "MULTI_CPU", "MULTI_GPU")
+            and all(p.is_floating_point() for p in params)
         )
         self.optimizer = torch.optim.AdamW(
             params, lr=cfg.learning_rate, betas=tuple(cfg.adam_betas), weight_decay=cfg.weight_decay,
@@ -133,7 +150,10 @@ class CGPOTrainer:
         self.scheduler = get_scheduler(
             cfg.lr_scheduler, self.optimizer, num_warmup_steps=cfg.warmup_steps, num_training_steps=cfg.max_steps
         )
-        self.policy, self.optimizer = self.accelerator.prepare(self.policy, self.optimizer)
+        if self.fsdp and self.accelerator.distributed_type.name != "FSDP":
+            self.optimizer = self.accelerator.prepare(self.optimizer)  # MULTI_CPU would wrap the policy in DDP
+        else:  # accelerate's FSDP keeps the already-sharded policy as it is
+            self.policy, self.optimizer = self.accelerator.prepare(self.policy, self.optimizer)
         # Sampling differs across processes (each draws its own completions), identically on every run.
         set_seed(cfg.seed, device_specific=True)
         self.monitor = RewardHackingMonitor()
@@ -183,11 +203,17 @@ class CGPOTrainer:
             from peft import LoraConfig, get_peft_model
 
             lora = training.lora
-            policy = get_peft_model(
-                policy,
-                LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
-                           target_modules=lora.target_modules, task_type="CAUSAL_LM"),
-            )  # fmt: skip
+            with warnings.catch_warnings():
+                # peft (0.21) reads model.is_gradient_checkpointing inside get_peft_model, which transformers
+                # 5.25 deprecated in favour of is_activation_checkpointing: peft's call, not ours, and it would
+                # print on every LoRA run. Only that one message is silenced.
+                warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated",
+                                        category=FutureWarning)  # fmt: skip
+                policy = get_peft_model(
+                    policy,
+                    LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+                               target_modules=lora.target_modules, task_type="CAUSAL_LM"),
+                )  # fmt: skip
             if cfg.reference is not None:
                 self.log("training.lora is set: the reference is the base model with adapters disabled")
         else:
@@ -343,12 +369,14 @@ class CGPOTrainer:
         """Greedy evaluation of the current policy on the tasks' eval splits (as ``cgpo eval``), main process only.
 
         Appends ``{"step", "tasks": ...}`` to ``OUTPUT_DIR/eval.jsonl`` and logs the table. Generated baselines
-        come from pi_ref, as in ``cgpo eval``, so every evaluation of the run shares them.
+        come from pi_ref, as in ``cgpo eval``, so every evaluation of the run shares them. Under FSDP every
+        process evaluates (each forward of the sharded policy is collective; greedy decoding gives every
+        process the same completions), and only the main process writes and logs.
         """
         from cgpo.evaluation import LoadedModel, evaluate_loaded, plan_tasks, print_table
 
         result: dict[str, Any] | None = None
-        if self.is_main:
+        if self.is_main or self.fsdp:
             if self._eval_tasks is None:
                 self._eval_tasks = plan_tasks(self.config)[0]
             policy = LoadedModel(self.unwrapped, self.tokenizer, f"policy at step {self.step}")
@@ -357,12 +385,13 @@ class CGPOTrainer:
                 result = evaluate_loaded(self.config, self._eval_tasks, policy, lambda: reference,
                                          device=self.accelerator.device, log=lambda _: None)  # fmt: skip
             result = {"step": self.step, **result}
+        if self.is_main and result is not None:
             self.evals.write(result)
             stream = io.StringIO()
             print_table({**result, "model": f"held-out evaluation at step {self.step}"}, file=stream)
             self.log(stream.getvalue().rstrip())
         self.accelerator.wait_for_everyone()
-        return result
+        return result if self.is_main else None  # the others wait, as without FSDP
 
     # ------------------------------------------------------------------------------------------------------------
     # The loop, checkpoints, the final model
@@ -441,6 +470,11 @@ class CGPOTrainer:
             ) from exc
 
     @property
+    def _torch_optimizer(self) -> torch.optim.Optimizer:
+        """AdamW itself, inside accelerate's wrapper (what DCP's state-dict functions take)."""
+        return getattr(self.optimizer, "optimizer", self.optimizer)
+
+    @property
     def is_main(self) -> bool:
         return bool(self.accelerator.is_main_process)
 
@@ -468,17 +502,24 @@ class CGPOTrainer:
         failure = ckpt.write_failure(
             lambda: ckpt.write_process_state(staging, self.rank, scorers, remove_staging=False)
         )
-        # Gathered on every process (FSDP shards the weights), written by the main one.
-        weights = self.accelerator.get_state_dict(self.policy)
+        weights: Any = None
+        if self.fsdp:  # every process writes its own shards of the weights and AdamW state (DCP, collective)
+            ckpt.agree_on_write_failures(self.accelerator, failure, staging)
+            failure = ckpt.write_failure(lambda: sharded.write_shards(staging, self.unwrapped, self._torch_optimizer))
+        else:  # DDP replicas: the full weights, gathered on every process, written by the main one
+            weights = self.accelerator.get_state_dict(self.policy)
         ckpt.agree_on_write_failures(self.accelerator, failure, staging)
         failure = ckpt.write_failure(lambda: self._publish_checkpoint(staging, weights)) if self.is_main else None
         ckpt.agree_on_write_failures(self.accelerator, failure, staging)
 
     def _publish_checkpoint(self, staging: Path, weights: Any) -> None:
         """The main process's files, then the manifest and the rename to ``step-N`` (main process only)."""
-        ckpt.write_main_files(staging, model=self.unwrapped, weights=weights, tokenizer=self.tokenizer,
-                              optimizer=self.optimizer if self.config.training.save_optimizer_state else None,
-                              scheduler=self.scheduler, state=self._trainer_state())  # fmt: skip
+        if self.fsdp:
+            sharded.write_main_files(staging, scheduler=self.scheduler, state=self._trainer_state())
+        else:
+            ckpt.write_main_files(staging, model=self.unwrapped, weights=weights, tokenizer=self.tokenizer,
+                                  optimizer=self.optimizer if self.config.training.save_optimizer_state else None,
+                                  scheduler=self.scheduler, state=self._trainer_state())  # fmt: skip
         final = ckpt.publish(staging, self.step, self.config.training.keep_checkpoints)
         self.log(f"checkpoint: {final}")
 
@@ -495,24 +536,48 @@ class CGPOTrainer:
                 self.evals.truncate_after(-1)
             return
         state = ckpt.read_state(folder)
-        if state["world_size"] != self.world:
+        self._check_world(folder, state)
+        if sharded.is_sharded_checkpoint(state):  # DCP reshards: any number of processes, sharded or not
+            sharded.load_shards(folder, self.unwrapped, self._torch_optimizer)
+        elif self.fsdp:
             raise UserError(
-                f"{folder} was written by {state['world_size']} processes, this run has {self.world}; "
-                "resume with the same number of processes or start afresh with --fresh"
+                f"{folder} was written by a run without FSDP (gathered weights); resume it without FSDP "
+                "or start afresh with --fresh"
             )
-        self._load_weights(folder / "policy")
+        else:
+            self._load_weights(folder / "policy")
         self.scheduler.load_state_dict(torch.load(folder / "scheduler.pt", weights_only=False))
-        self._load_optimizer(folder)
-        scorers = ckpt.load_process_state(folder, self.rank)
+        if not sharded.is_sharded_checkpoint(state):  # sharded checkpoints hold AdamW's shards (loaded above)
+            self._load_optimizer(folder)
+        # A process the checkpoint has no files for (a run on more processes) keeps its seeded RNG streams
+        # and starts with empty baseline caches.
+        scorers = ckpt.load_process_state(folder, self.rank) if self.rank < state["world_size"] else {}
         for task in self.tasks:
             task.sampler.load_state_dict(state["samplers"][task.name])
-            task.scorer.load_state_dict(scorers[task.name])
+            if task.name in scorers:
+                task.scorer.load_state_dict(scorers[task.name])
         self.monitor.load_state_dict(state["monitor"], log=self.log)
         self.step = int(state["step"])
         if self.is_main:
             self.metrics.truncate_after(self.step)
             self.evals.truncate_after(self.step)
         self.log(f"resumed from {folder} (step {self.step})")
+
+    def _check_world(self, folder: Path, state: dict[str, Any]) -> None:
+        """Allow a resume on another number of processes, saying what is restored exactly and what is not."""
+        saved = int(state["world_size"])
+        if saved == self.world:
+            return
+        if not self.is_main:
+            return
+        # DDP checkpoints hold the full (replicated) weights and AdamW state, FSDP ones DCP shards, which DCP
+        # reshards on load; sampler positions count draws from one global permutation shared by all processes.
+        self.log(
+            f"warning: {folder} was written by {saved} processes, this run has {self.world}: weights, AdamW "
+            "state, schedule, step and sampler positions are restored exactly; the global batch is now "
+            f"batch_size x {self.world}, and the sampling streams and baseline caches of each process differ, "
+            "so the run continues but does not reproduce an uninterrupted one"
+        )
 
     def _load_optimizer(self, folder: Path) -> None:
         """AdamW's saved state, or, in a checkpoint written without it, a logged fresh start of its moments."""
@@ -577,7 +642,7 @@ class CGPOTrainer:
         lora = self.config.training.lora
         # Full weights are gathered on every process first (FSDP shards them; a collective call), exactly as
         # checkpoints do; a LoRA policy is saved from its own modules (adapters, or merged into the base).
-        weights = self.accelerator.get_state_dict(self.policy) if lora is None else None
+        weights = fsdp.full_state_dict(self.accelerator, self.policy) if lora is None else None
         self.accelerator.wait_for_everyone()
         if not self.is_main:
             return

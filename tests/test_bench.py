@@ -107,3 +107,25 @@ def test_memory_smoke(tiny_models_dir: Path, tmp_path: Path) -> None:
     assert lora["reference_vs_base_max_abs_diff"] == 0.0
     assert lora["parameters"]["unique_total_mb"] < full["parameters"]["unique_total_mb"]
     assert lora["trainable_parameters"] < full["trainable_parameters"]
+
+
+@pytest.mark.slow
+def test_distributed_smoke(tiny_models_dir: Path, tmp_path: Path) -> None:
+    import socket
+
+    bench = load("distributed")
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = str(sock.getsockname()[1])
+    out = tmp_path / "distributed.json"
+    argv = ["--steps", "1", "--warmup", "0", "--batch", "1", "--samples", "2", "--new-tokens", "3", "--port", port,
+            "--model", str(tiny_models_dir / "policy"), "--out", str(out)]  # fmt: skip
+    assert bench.main(argv) == 0
+    modes = json.loads(out.read_text())["modes"]
+    ddp, fsdp = modes["ddp"], modes["fsdp"]
+    assert [r["fsdp"] for r in ddp["ranks"] + fsdp["ranks"]] == [False, False, True, True]
+    assert all(len(r["step_s"]) == 1 and r["peak_rss_steps_mb"] > 0 for r in ddp["ranks"] + fsdp["ranks"])
+    # Each FSDP process holds its half of the policy and of AdamW's state; frozen models stay whole.
+    assert sum(fsdp["policy_mb"]) == pytest.approx(ddp["policy_mb"][0], rel=0.01)
+    assert sum(fsdp["adamw_state_mb"]) == pytest.approx(ddp["adamw_state_mb"][0], rel=0.01)
+    assert fsdp["frozen_models_mb"] == ddp["frozen_models_mb"]

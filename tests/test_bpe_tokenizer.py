@@ -156,3 +156,63 @@ def test_a_tokenizer_without_a_pad_token_pads_with_its_eos(tmp_path, bpe_policy_
     assert all(EOS not in json.loads(r)["completion"] for r in samples.read_text(encoding="utf-8").splitlines())
     # The final model's tokenizer names the pad token it trained with: the EOS.
     assert AutoTokenizer.from_pretrained(tmp_path / "run" / "final").pad_token == EOS
+
+
+@pytest.fixture(scope="module")
+def bpe_reward_dir(tmp_path_factory) -> Path:
+    """A random 2-layer Llama reward model (one score) of SmolLM2's vocabulary, with its tokenizer and ChatML."""
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForSequenceClassification
+
+    out = tmp_path_factory.mktemp("bpe") / "reward"
+    out.mkdir()
+    for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):
+        shutil.copy(FIXTURE / name, out / name)
+    tokenizer = AutoTokenizer.from_pretrained(out)
+    config = LlamaConfig(
+        vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+        num_key_value_heads=2, max_position_embeddings=256, num_labels=1, pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+    )  # fmt: skip
+    torch.manual_seed(1)
+    LlamaForSequenceClassification(config).save_pretrained(out)
+    return out
+
+
+def _final_weights(run: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(run / "final" / "model.safetensors")
+
+
+def test_reward_model_generated_baselines_checkpoint_and_resume_on_the_bpe_tokenizer(
+    tmp_path, bpe_policy_dir, bpe_reward_dir, capsys
+):
+    """A BPE reward model with its chat template scores the samples against generated baselines a_bar
+    (eq. 5); a run stopped after step 1 and resumed reaches the same weights as one that never stopped."""
+
+    def configure(folder: Path, steps: int) -> Path:
+        config = yaml.safe_load(_write_config(folder, bpe_policy_dir).read_text(encoding="utf-8"))
+        config["tasks"][0]["reward"] = {"model": str(bpe_reward_dir), "baseline": "generated", "append_eos": True}
+        config["training"].update({"max_steps": steps, "save_every": 1})
+        path = folder / "run.yaml"
+        path.write_text(yaml.safe_dump(config, sort_keys=False, allow_unicode=True), encoding="utf-8")
+        return path
+
+    (tmp_path / "straight").mkdir()
+    assert main(["train", str(configure(tmp_path / "straight", 2))]) == 0
+    lines = [json.loads(r) for r in (tmp_path / "straight" / "run" / "metrics.jsonl").read_text().splitlines()]
+    calibrated = [line["task/tiny_arithmetic/calibrated_reward"] for line in lines]
+    assert all(0.0 < value < 1.0 for value in calibrated), calibrated  # sigmoid(r(s,a) - r(s,a_bar))
+    assert any(abs(value - 0.5) > 1e-4 for value in calibrated), calibrated  # a_bar is not the sample itself
+
+    (tmp_path / "resumed").mkdir()
+    config = configure(tmp_path / "resumed", 1)
+    assert main(["train", str(config)]) == 0
+    capsys.readouterr()
+    assert main(["train", str(config), "training.max_steps=2"]) == 0
+    out, err = capsys.readouterr()
+    assert f"resumed from {tmp_path / 'resumed' / 'run' / 'checkpoints' / 'step-1'} (step 1)" in out + err
+    straight, resumed = _final_weights(tmp_path / "straight" / "run"), _final_weights(tmp_path / "resumed" / "run")
+    assert straight.keys() == resumed.keys()
+    for name, value in straight.items():
+        assert torch.equal(value, resumed[name]), name

@@ -206,3 +206,38 @@ def test_judges_say_which_metadata_they_cannot_use():
     assert CodeJudge.metadata_problem({"entry_point": "f"}) == (
         "metadata has an 'entry_point' but no tests: add 'test' (HumanEval check code) or 'tests'"
     )
+
+
+def test_a_named_source_is_checked_through_its_converted_folder_and_never_converted(tmp_path, monkeypatch, capsys):
+    """``policy.path: smollm2:135m-instruct``: the lengths are counted with the converted folder's real BPE
+    tokenizer and chat template; before the conversion a warning says so, and nothing is downloaded."""
+    import shutil
+
+    import yaml
+
+    from cgpo import model_sources
+
+    monkeypatch.setenv("CGPO_HOME", str(tmp_path / "home"))
+    monkeypatch.setattr(model_sources, "run_pip", lambda command: pytest.fail(f"validate ran pip: {command}"))
+    long_row = row(prompt="What is " + "1 + " * 60 + "1?", completion="\\boxed{61}", answer="61")
+    task = task_yaml(tmp_path, "tiny_arithmetic", [GOOD, long_row])
+    config = tmp_path / "run.yaml"
+    config.write_text(yaml.safe_dump({"policy": {"path": "smollm2:135m-instruct"},
+                                      "tasks": [{"include": str(task), "reward": {"model": None}}],
+                                      "training": {"max_steps": 1}, "output_dir": str(tmp_path / "run")}))  # fmt: skip
+    assert main(["validate", str(config)]) == 0
+    assert capsys.readouterr().err.strip() == (
+        "policy smollm2:135m-instruct: warning: prompt lengths not checked: not converted yet "
+        "(cgpo train or cgpo bootstrap smollm2 converts it)"
+    )
+    # A converted folder as the conversion leaves it (the real tokenizer; a config with 160 positions).
+    folder = model_sources.model_dir(model_sources.named_source("smollm2:135m-instruct"))
+    shutil.copytree(REPO / "tests" / "fixtures" / "smollm2_tokenizer", folder)
+    (folder / "config.json").write_text(json.dumps({"model_type": "llama", "max_position_embeddings": 160}))
+    (folder / model_sources.COMPLETE_MARKER).write_text("{}")
+    assert main(["validate", str(config)]) == 0
+    lines = capsys.readouterr().err.splitlines()
+    # 60 "1 + " are about 121 BPE tokens (spaces merge into the digits), plus the chat template and 16 new tokens.
+    assert lines[0].startswith(f"{tmp_path / 'train.jsonl'}:2: warning: prompt is "), lines
+    assert "exceeds the policy's 160 positions" in lines[0], lines
+    assert lines[1].startswith("task tiny_arithmetic: warning: 1 of 2 train prompts are too long for 160"), lines

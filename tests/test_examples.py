@@ -36,6 +36,7 @@ def load(path: Path, name: str) -> ModuleType:
 hacking = load(EXAMPLES / "reward_hacking" / "run.py", "example_reward_hacking_run")
 sweep = load(EXAMPLES / "raft_k_sweep" / "run.py", "example_raft_k_sweep_run")
 length_reward = load(EXAMPLES / "reward_hacking" / "length_reward.py", "example_length_reward")
+real_model = load(EXAMPLES / "real_model" / "run.py", "example_real_model_run")
 
 
 def eval_result(task: str, *, n: int, pass_rate: float, reward: float, length: float = 10.0) -> dict[str, Any]:
@@ -219,3 +220,100 @@ def test_k_sweep_smoke(tmp_path, tiny_models_dir):
     assert results["steps"] == 2 and results["eval_prompts"] == 4 and results["prompts_per_step"] == 8
     assert results["seeds"] == [0] and (out / "k2_s0" / "final" / "config.json").is_file()
     assert (out / "k_sweep.png").is_file()
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The real-model study (examples/real_model): configs, arguments, per-prompt outcomes, and a smoke run on tiny:policy
+
+
+def test_real_model_configs_validate():
+    from cgpo.config_loader import load_run_config
+
+    train = load_run_config(EXAMPLES / "real_model" / "train.yaml")
+    assert [(t.name, t.optimizer.name) for t in train.tasks] == [("ifeval_synth", "crraft"), ("gsm8k_format", "crpg")]
+    assert train.training.lora is not None
+    evaluation = load_run_config(EXAMPLES / "real_model" / "eval.yaml")
+    assert [[j.label or j.name for j in t.judges] for t in evaluation.tasks] == [
+        ["strict", "loose"], ["math", "answer_sentence"]
+    ]  # fmt: skip
+    # The measurement uses the training run's prompts and budgets.
+    for a, b in zip(train.tasks, evaluation.tasks, strict=True):
+        assert (a.name, a.format, a.sampling.max_new_tokens) == (b.name, b.format, b.sampling.max_new_tokens)
+
+
+def test_real_model_arguments(tmp_path):
+    args = real_model.parse_args(["--out", str(tmp_path)])
+    assert (args.seeds, args.ifeval_prompts, args.gsm8k_prompts, args.policy) == ([0, 1], 200, 200, None)
+    smoke = real_model.parse_args(["--out", str(tmp_path), "--smoke"])
+    assert (smoke.policy, smoke.steps, smoke.ifeval_prompts, smoke.seeds) == ("tiny:policy", 2, 6, [0, 1])
+    for bad in (["--seeds", "0", "0"], ["--ifeval-prompts", "0"], ["--steps", "0"]):
+        with pytest.raises(SystemExit):
+            real_model.parse_args(["--out", str(tmp_path), *bad])
+
+
+def test_real_model_subsets_are_fixed_and_held_out(tmp_path):
+    args = real_model.parse_args(["--out", str(tmp_path), "--ifeval-prompts", "5", "--gsm8k-prompts", "7"])
+    first = real_model.write_subsets(args, tmp_path / "a")
+    assert first == real_model.write_subsets(args, tmp_path / "b")
+    assert [len(first[t]) for t in ("ifeval_synth", "gsm8k_format")] == [5, 7]
+    lines = (real_model.DATA / "ifeval_eval.jsonl").read_text(encoding="utf-8").splitlines()
+    written = (tmp_path / "a" / "ifeval_synth.jsonl").read_text(encoding="utf-8").splitlines()
+    assert written == [lines[i] for i in first["ifeval_synth"]]
+    train_prompts = {json.loads(line)["prompt"] for line in (real_model.DATA / "ifeval_train.jsonl").open()}
+    assert not train_prompts & {json.loads(line)["prompt"] for line in written}
+
+
+def test_real_model_outcomes_count_prompts_and_instructions():
+    meta = {"instruction_id_list": ["punctuation:no_comma", "change_case:english_lowercase"], "kwargs": [{}, {}]}
+    rows = [
+        {"task": "ifeval_synth", "prompt": "p", "completion": "this answer is written in plain english, and every word of it is lowercase.", "judges": {"strict": 0, "loose": 0}},
+        {"task": "gsm8k_format", "prompt": "q", "completion": "x", "judges": {"math": 1, "answer_sentence": 1}},
+    ]  # fmt: skip
+    out = real_model.prompt_outcomes(rows, {"p": meta})
+    assert out["ifeval_prompt_strict"] == [0.0] and out["ifeval_instruction_strict"] == [1.0]
+    assert out["ifeval_instruction_strict_total"] == [2.0]
+    assert out["gsm8k_accuracy"] == [1.0] and out["gsm8k_answer_sentence"] == [1.0]
+
+
+def test_real_model_compare_flags_a_gain_only_when_the_interval_excludes_zero():
+    n = 40
+    before = {m: [0.0] * n for m in real_model.METRICS}
+    before.update({f"ifeval_instruction_{mode}_total": [1.0] * n for mode in ("strict", "loose")})
+    gained = {m: [1.0] * n for m in real_model.METRICS}  # every prompt gains on every seed
+    mixed = {m: [1.0, 0.0] * (n // 2) for m in real_model.METRICS}
+    result = real_model.compare(before, [gained, gained])
+    assert all(row["gain"] and row["mean"]["ci_low"] == 1.0 for row in result.values())
+    assert result["gsm8k_accuracy"]["mcnemar"][0]["only_after"] == n
+    # One seed gains everywhere, the other nowhere: the mean changes by 0.5 on every prompt, still a gain.
+    assert real_model.compare(before, [gained, before])["ifeval_prompt_strict"]["mean"]["delta"] == 0.5
+    # Half the prompts gain on one seed only: 0.25, and the interval is checked against zero.
+    noisy = real_model.compare(before, [mixed, before])["ifeval_prompt_strict"]
+    assert noisy["mean"]["delta"] == 0.25 and noisy["gain"] == (noisy["mean"]["ci_low"] > 0)
+    assert not real_model.compare(before, [before, before])["gsm8k_accuracy"]["gain"]
+
+
+@pytest.mark.slow
+def test_real_model_smoke(tmp_path):
+    out = tmp_path / "real"
+    assert real_model.main(["--out", str(out), "--smoke"]) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert results["seeds"] == [0, 1] and results["eval_prompts"] == {"ifeval_synth": 6, "gsm8k_format": 6}
+    for metric, row in results["comparison"].items():
+        assert len(row["per_seed"]) == 2, metric
+        for stats in (*row["per_seed"], row["mean"]):
+            assert stats["ci_low"] <= stats["delta"] <= stats["ci_high"]
+            assert_finite(stats["before"])
+    assert results["training"]["0"]["steps"] == 2
+    assert (out / "seed1" / "final" / "config.json").is_file()
+    table = (out / "table.md").read_text()
+    assert "IFEval prompt-level strict" in table and "GSM8K accuracy" in table
+    assert (out / "held_out.png").is_file() and (out / "report" / "summary.md").is_file()
+    (out / "table.md").unlink()
+    readme = tmp_path / "README.md"
+    readme.write_text("# x\n<!-- results:table -->\nold\n<!-- /results:table -->\n<!-- results:samples -->\n"
+                      "<!-- /results:samples -->\n<!-- results:outcome -->\n<!-- /results:outcome -->\n")  # fmt: skip
+    # Regenerated from results.json alone, the README's measured sections with it.
+    assert real_model.main(["--out", str(out), "--report", "--readme", str(readme)]) == 0
+    assert (out / "table.md").read_text() == table
+    text = readme.read_text()
+    assert table in text and "\nold\n" not in text and "*before*" in text and "IFEval prompt-level loose: " in text

@@ -11,6 +11,7 @@ import hashlib
 import json
 import os
 import subprocess
+import sys
 import time
 import zipfile
 from pathlib import Path
@@ -421,3 +422,37 @@ def test_the_converted_smollm2_loads_chats_and_generates(smollm2_dir):
     new_tokens = out[0, inputs["input_ids"].shape[1] :]
     assert 1 <= new_tokens.numel() <= 8
     assert tokenizer.decode(new_tokens, skip_special_tokens=True).strip()  # some text, not only special tokens
+
+
+@pytest.mark.slow
+def test_cgpo_train_one_step_and_cgpo_eval_on_the_real_smollm2(smollm2_dir, tmp_path):
+    """The README's commands for a real model on ``configs/smollm2.yaml`` (SmolLM2 by name, LoRA, IFEval with
+    CRRAFT and GSM8K with CRPG, a BPE tokenizer whose pad is its EOS ``<|im_end|>``), shrunk by overrides to one
+    step: train, a checkpoint without optimizer state, then ``cgpo eval`` of ``final/`` on held-out prompts."""
+    shrink = [f"output_dir={tmp_path / 'run'}", "training.max_steps=1", "training.save_every=1"]
+    for task in (0, 1):
+        shrink += [f"tasks.{task}.prompts.train.limit=4", f"tasks.{task}.sampling.num_samples=2",
+                   f"tasks.{task}.sampling.max_new_tokens=12", f"tasks.{task}.batch_size=1"]  # fmt: skip
+    env = {**os.environ, "CGPO_HOME": str(smollm2_dir.parent.parent)}
+    config = str(REPO_ROOT / "configs" / "smollm2.yaml")
+
+    def cgpo(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "cgpo", *args], check=False, env=env, capture_output=True,
+                              text=True, timeout=900, cwd=tmp_path)  # fmt: skip
+
+    train = cgpo("train", config, *shrink)
+    assert train.returncode == 0, train.stderr[-3000:]
+    assert "deprecated" not in train.stdout + train.stderr  # nothing deprecated in our calls (transformers 5.24+)
+    metrics = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert metrics[-1]["step"] == 1
+    assert {"task/instruction_following/pass_rate", "task/math_gsm8k/pass_rate"} <= set(metrics[-1])
+    checkpoint = tmp_path / "run" / "checkpoints" / "step-1"
+    assert (checkpoint / "manifest.json").is_file() and not (checkpoint / "optimizer.pt").exists()
+
+    result = tmp_path / "eval.json"
+    evaluate = cgpo("eval", config, *shrink, "--model", str(tmp_path / "run" / "final"), "--max-prompts", "2",
+                    "--output", str(result))  # fmt: skip
+    assert evaluate.returncode == 0, evaluate.stderr[-3000:]
+    scores = json.loads(result.read_text())["tasks"]
+    assert {name: scores[name]["n"] for name in scores} == {"instruction_following": 2, "math_gsm8k": 2}
+    assert all(0.0 <= scores[name]["pass_rate"] <= 1.0 for name in scores)

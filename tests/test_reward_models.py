@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -135,7 +136,8 @@ def test_chat_template_formatting(tiny_models_dir, tiny_tokenizer):
         plain.format(chat, "hello")
 
 
-def test_chat_template_always_requires_one(tmp_path, tiny_models_dir, tiny_tokenizer):
+def _reward_model_without_chat_template(tmp_path: Path, tiny_models_dir: Path, tiny_tokenizer: Any) -> Path:
+    """A copy of the tiny reward model whose tokenizer has no chat template."""
     from transformers import AutoModelForSequenceClassification
 
     out = tmp_path / "no-template"
@@ -144,6 +146,11 @@ def test_chat_template_always_requires_one(tmp_path, tiny_models_dir, tiny_token
     tokenizer.chat_template = None
     tokenizer.save_pretrained(out)
     (out / "chat_template.jinja").unlink(missing_ok=True)
+    return out
+
+
+def test_chat_template_always_requires_one(tmp_path, tiny_models_dir, tiny_tokenizer):
+    out = _reward_model_without_chat_template(tmp_path, tiny_models_dir, tiny_tokenizer)
     rm = load_reward_model(out)
     assert not rm.use_chat_template
     assert rm.format("a", "b") == "ab"
@@ -243,16 +250,10 @@ def test_chat_template_always_on_a_reward_model_without_one_stops_cgpo_train_wit
     tmp_path, tiny_models_dir, tiny_tokenizer, capsys
 ):
     import yaml
-    from transformers import AutoModelForSequenceClassification
 
     from cgpo.cli import main
 
-    rm_dir = tmp_path / "no-template"
-    AutoModelForSequenceClassification.from_pretrained(tiny_models_dir / "reward").save_pretrained(rm_dir)
-    tokenizer = tiny_tokenizer.__class__.from_pretrained(tiny_models_dir / "reward")
-    tokenizer.chat_template = None
-    tokenizer.save_pretrained(rm_dir)
-    (rm_dir / "chat_template.jinja").unlink(missing_ok=True)
+    rm_dir = _reward_model_without_chat_template(tmp_path, tiny_models_dir, tiny_tokenizer)
     repo = Path(__file__).resolve().parent.parent
     task = {"include": str(repo / "tasks" / "tiny_arithmetic.yaml"),
             "reward": {"model": str(rm_dir), "chat_template": "always"}}  # fmt: skip

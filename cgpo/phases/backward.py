@@ -11,7 +11,7 @@ synchronizes once. With micro-batching (``training.micro_batch_size``) a task's 
 detached log-probs (phase 4); its gradient with respect to them, c = dL/d(log pi), is pushed through the
 model chunk by chunk as backward(sum_i c_i * log pi(a_i|s_i)). By the chain rule this is exactly the
 full-batch gradient, at the cost of one extra forward without gradients. Every backward but the step's
-last runs under ``no_sync``, so gradients are synchronized once.
+last runs under ``no_sync``, so gradients are synchronized once (under FSDP2 they stay unsharded until then).
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from typing import Any
 
 import torch
 
+from cgpo.distributed.fsdp import no_sync
 from cgpo.phases.batches import StepModels, TaskLoss, TaskUpdate
 from cgpo.phases.metrics import reduce_floats
 from cgpo.rollout import token_logprobs
@@ -112,6 +113,6 @@ def push_gradient(
     for start in starts:
         rows = slice(start, start + size)
         sync = final and start == starts[-1]
-        with contextlib.nullcontext() if sync else accelerator.no_sync(models.policy):
+        with contextlib.nullcontext() if sync else no_sync(accelerator, models.policy):
             tok, _ = token_logprobs(models.policy, *(t[rows] for t in args), group_size=group)
             accelerator.backward((coef[rows].detach() * tok.sum(dim=1)).sum())

@@ -43,10 +43,9 @@ def optimizer_step(
     Returns:
         The gradient norm before clipping.
     """
-    if max_grad_norm is not None:
-        norm = accelerator.clip_grad_norm_(params, max_grad_norm)
-    else:
-        norm = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in params if p.grad is not None]))
+    # accelerate's clip is DTensor-aware (FSDP2 shards: each process's partial norms are reduced); an infinite
+    # threshold only measures.
+    norm = accelerator.clip_grad_norm_(params, max_grad_norm if max_grad_norm is not None else math.inf)
     norm_value = float(norm)
     flag = float(reduce_floats(accelerator, {"bad": float(nonfinite_tasks)}, op="sum")["bad"])
     if flag > 0 or not math.isfinite(norm_value):

@@ -1,0 +1,5 @@
+"""Distributed training beyond DDP.
+
+FSDP2 sharding of the policy (:mod:`cgpo.distributed.fsdp`) and its sharded checkpoints
+(:mod:`cgpo.distributed.checkpoint`).
+"""
