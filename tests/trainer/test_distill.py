@@ -208,3 +208,71 @@ def test_a_missing_sampler_folder_is_a_located_config_error(distill_config, tmp_
     assert main(["validate", str(config)]) == 2
     err = capsys.readouterr().err
     assert "tasks.1.sampler.path" in err and "not found" in err
+
+
+DDP_SCRIPT = r'''
+"""Launched once per rank: one step with a teacher; writes this rank's weights digest and teacher samples."""
+import hashlib
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+torch.set_num_threads(1)
+
+import cgpo.phases.rollout as rollout_phase  # noqa: E402
+from cgpo.config_loader import load_run_config  # noqa: E402
+from cgpo.trainer import CGPOTrainer  # noqa: E402
+
+
+def digest(model):
+    h = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        h.update(tensor.detach().to(torch.float32).contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+trainer = CGPOTrainer(load_run_config(sys.argv[1]), log=lambda message: None, fresh=True)
+trainer.setup()
+texts = []
+original = rollout_phase.sampled_rollout
+
+
+def recording(*args, **kwargs):
+    rollout = original(*args, **kwargs)
+    texts.extend(rollout.texts)
+    return rollout
+
+
+rollout_phase.sampled_rollout = recording
+initial = digest(trainer.unwrapped)
+try:
+    trainer.train()
+finally:
+    trainer.close()
+(teacher,) = trainer.samplers.values()
+evidence = {"rank": trainer.rank, "wrapper": type(trainer.policy).__name__, "teacher": type(teacher.model).__name__,
+            "initial": initial, "final": digest(trainer.unwrapped), "texts": texts}
+(Path(sys.argv[2]) / f"rank-{trainer.rank}.json").write_text(json.dumps(evidence))
+'''
+
+
+@pytest.mark.slow
+def test_two_process_ddp_with_a_teacher_keeps_replicas_identical_each_rank_sampling_its_own(distill_config, tmp_path):
+    import importlib.util
+    import json
+
+    spec = importlib.util.spec_from_file_location("ddp_helpers", Path(__file__).with_name("test_ddp.py"))
+    assert spec is not None and spec.loader is not None
+    ddp = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ddp)  # the 2-process CPU launcher of test_ddp.py (environment.md §6)
+    out = tmp_path / "evidence"
+    out.mkdir()
+    result, _ = ddp._launch_script(tmp_path, DDP_SCRIPT, [str(distill_config()), str(out)])
+    assert result.returncode == 0, f"{result.stdout[-2000:]}\n{result.stderr[-4000:]}"
+    first, second = (json.loads((out / f"rank-{r}.json").read_text()) for r in (0, 1))
+    assert first["wrapper"] == "DistributedDataParallel" and first["teacher"] == "LlamaForCausalLM"  # not wrapped
+    assert first["initial"] == second["initial"] and first["final"] == second["final"] != first["initial"]
+    assert first["texts"] and first["texts"] != second["texts"]  # each rank's own prompts and draws
