@@ -24,6 +24,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import torch
+
 from cgpo.config import ModelConfig, SamplingConfig
 from cgpo.data import encode_prompt
 from cgpo.errors import UserError
@@ -87,10 +89,12 @@ def finished_rows(rollout: Rollout, eos_ids: Sequence[int]) -> list[bool]:
     return out
 
 
-def reencode(texts: Sequence[str], finished: Sequence[bool], tokenizer: Any, max_new_tokens: int) -> list[list[int]]:
-    """The student's completion ids of each teacher text: see the module docstring for the boundary."""
+def reencode(
+    texts: Sequence[str], finished: Sequence[bool], tokenizer: Any, max_new_tokens: int
+) -> tuple[list[list[int]], list[bool]]:
+    """The student's completion ids of each teacher text, and whether ``max_new_tokens`` cut it (module docstring)."""
     unk = tokenizer.unk_token_id
-    out = []
+    out, cut = [], []
     for text, done in zip(texts, finished, strict=True):
         # split_special_tokens: a teacher that writes "</s>" as text wrote four characters, not the student's EOS.
         encoded = tokenizer(text, add_special_tokens=False, split_special_tokens=True)["input_ids"]
@@ -98,7 +102,8 @@ def reencode(texts: Sequence[str], finished: Sequence[bool], tokenizer: Any, max
         if done:
             ids.append(tokenizer.eos_token_id)
         out.append(ids[:max_new_tokens])
-    return out
+        cut.append(len(ids) > max_new_tokens)
+    return out, cut
 
 
 def sampled_rollout(
@@ -133,13 +138,14 @@ def sampled_rollout(
         )
     teacher = generate(sampler.model, tok, prompts, sampling, max_batch_size=max_batch_size)
     done = finished_rows(teacher, eos_token_ids(sampler.model, tok))
-    completions = reencode(teacher.texts, done, student_tokenizer, sampling.max_new_tokens)
+    completions, cut = reencode(teacher.texts, done, student_tokenizer, sampling.max_new_tokens)
     k = sampling.num_samples
     pad = student_tokenizer.pad_token_id
     prompt_ids, prompt_mask = left_pad([p for p in student_prompts for _ in range(k)], pad, device)
     completion_ids, completion_mask = right_pad(completions, pad, device)
     texts = student_tokenizer.batch_decode(completions, skip_special_tokens=True)
-    return Rollout(prompt_ids, prompt_mask, completion_ids, completion_mask, texts)
+    cut_rows = torch.tensor(cut, dtype=torch.bool, device=device)
+    return Rollout(prompt_ids, prompt_mask, completion_ids, completion_mask, texts, cut_rows)
 
 
 __all__ = ["SamplerModel", "finished_rows", "load_samplers", "reencode", "sampled_rollout"]

@@ -92,7 +92,7 @@ def test_samples_come_from_the_teacher_and_are_re_encoded_by_the_student(trainer
     torch.manual_seed(7)
     own = generate(teacher.model, teacher.tokenizer, prompts, sampling)
     done = finished_rows(own, eos_token_ids(teacher.model, teacher.tokenizer))
-    expected = reencode(own.texts, done, student, MAX_NEW)
+    expected, cut = reencode(own.texts, done, student, MAX_NEW)
     ended = [ids[-1] == student.eos_token_id for ids in expected]
     assert any(ended) and not all(ended)  # both boundaries occur: the student's EOS, and a cut at T
     # A finished teacher text without the student's EOS was cut at T (the EOS did not fit).
@@ -101,6 +101,7 @@ def test_samples_come_from_the_teacher_and_are_re_encoded_by_the_student(trainer
     k = sampling.num_samples
     rows = [row for r in rollouts for row in range(r.rollout.completion_ids.shape[0])]
     assert len(rows) == len(expected) == k * sum(len(d.indices) for d in drawn)
+    assert [bool(c) for r in rollouts for c in r.rollout.cut] == cut and any(cut)  # what the limit cut
     offset = 0
     for r in rollouts:
         for row in range(r.rollout.completion_ids.shape[0]):
@@ -147,6 +148,7 @@ def test_a_train_step_on_teacher_samples_changes_the_student_and_reports_its_met
     for task in ("tiny_json", "tiny_arithmetic"):
         assert metrics[f"task/{task}/opt/kept_prompts"] >= 0
         assert torch.isfinite(torch.tensor(metrics[f"task/{task}/kl"]))
+    assert 0.0 <= metrics["task/tiny_json/sampler_cut_rate"] <= 1.0
     assert metrics["task/tiny_arithmetic/opt/kept_prompts"] == 2  # RAFT keeps every prompt: SFT on its best
 
 
@@ -169,7 +171,8 @@ def test_reencode_appends_the_students_eos_only_to_finished_texts_cuts_at_max_ne
     tiny_tokenizer,
 ):
     eos = tiny_tokenizer.eos_token_id
-    ids = reencode(["ab", "ab", "abcdef", "a東b", "a</s>"], [True, False, True, True, False], tiny_tokenizer, 4)
+    ids, cut = reencode(["ab", "ab", "abcdef", "a東b", "a</s>"], [True, False, True, True, False], tiny_tokenizer, 4)
+    assert cut == [False, False, True, False, True]
     a, b = tiny_tokenizer.convert_tokens_to_ids(["a", "b"])
     assert ids[0] == [a, b, eos]
     assert ids[1] == [a, b]  # the teacher ran out of tokens: no EOS
