@@ -307,6 +307,10 @@ class TaskConfig:
         batch_size: B, prompts drawn from this task per step.
         kl_threshold: KL_max, the per-sample log-ratio bound of CRPG and CRRAFT (eqs. 11, 17).
         weight: rho, the weight of this task's gradient in the update (Algorithm 2).
+        sampler: A model other than the policy that generates the task's K samples (distillation from a
+            teacher; docs/distillation.md): loaded once, frozen. Samples cross as text, so its tokenizer and
+            chat template may differ from the policy's; the policy re-encodes them with its own. Only
+            optimizers that train on chosen samples without importance weights accept one (raft, crraft).
     """
 
     name: str
@@ -322,6 +326,7 @@ class TaskConfig:
     batch_size: int = 8
     kl_threshold: float | None = None
     weight: float = 1.0
+    sampler: ModelConfig | None = None
 
     def __post_init__(self) -> None:
         if not _NAME_PATTERN.match(self.name):

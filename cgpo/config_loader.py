@@ -200,6 +200,13 @@ def _check_plugins(task: TaskConfig, path: KeyPath) -> None:
             f"{task.optimizer.name} does not read kl_threshold (only optimizers that bound the per-sample KL, "
             "such as crpg and crraft, do); remove it, or set it to null where it comes from an included task",
         )
+    if task.sampler is not None and not optimizer_cls.accepts_off_policy_samples:
+        raise SchemaError(
+            (*path, "sampler"),
+            f"{task.optimizer.name} cannot train on another model's samples (its loss assumes the policy sampled "
+            "them; an off-policy estimate would need importance weights a teacher with another tokenizer cannot "
+            "give); use optimizer raft or crraft with a sampler, or remove the sampler",
+        )
     if task.reward.function is not None:
         try:
             reward_cls = REWARD_FUNCTIONS.get(task.reward.function)

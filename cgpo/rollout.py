@@ -31,6 +31,8 @@ class Rollout:
         completion_ids: ``[N, C]`` sampled tokens, right-padded after the first EOS.
         completion_mask: ``[N, C]`` 1 for real completion tokens, up to and including the first EOS.
         texts: N decoded completions (special tokens removed).
+        cut: ``[N]`` bool for a task sampler's (a teacher's) completions: True where the policy's
+            ``max_new_tokens`` cut the re-encoded text (:mod:`cgpo.samplers`); None for the policy's own samples.
     """
 
     prompt_ids: torch.Tensor
@@ -38,6 +40,7 @@ class Rollout:
     completion_ids: torch.Tensor
     completion_mask: torch.Tensor
     texts: list[str]
+    cut: torch.Tensor | None = None
 
     @property
     def lengths(self) -> torch.Tensor:
@@ -48,7 +51,7 @@ class Rollout:
         """The sub-rollout of ``rows`` (trailing all-padding columns are kept; they are masked)."""
         return Rollout(
             self.prompt_ids[rows], self.prompt_mask[rows], self.completion_ids[rows], self.completion_mask[rows],
-            self.texts[rows],
+            self.texts[rows], None if self.cut is None else self.cut[rows],
         )  # fmt: skip
 
 

@@ -54,6 +54,7 @@ from cgpo.phases.rollout import fitting_prompts, generate_rollouts
 from cgpo.phases.update import optimizer_step
 from cgpo.reference import reference_policy
 from cgpo.run_lock import RunLock
+from cgpo.samplers import load_samplers
 from cgpo.scoring import TaskScorer
 
 Log = Callable[[str], None]
@@ -224,6 +225,11 @@ class CGPOTrainer:
             self.reference.to(self.accelerator.device)
         policy.train()
         self.policy = policy
+        # The tasks' teachers (``sampler:``): frozen, loaded once each, never wrapped or saved; the main process
+        # first, as above (a ``tiny:`` sampler is built on first use).
+        with self.accelerator.main_process_first():
+            self.samplers = load_samplers([t.sampler for t in cfg.tasks], device=self.accelerator.device,
+                                          dtype=self._torch_dtype, log=self.log)  # fmt: skip
         self.max_positions = int(getattr(policy.config, "max_position_embeddings", 0) or 0)
 
     def _build_task(self, task: TaskConfig) -> TaskState:
@@ -275,7 +281,9 @@ class CGPOTrainer:
     @property
     def models(self) -> StepModels:
         """What the phases of a step use: the policy (wrapped and not), pi_ref, the tokenizer, the device."""
-        return StepModels(self.policy, self.unwrapped, self.pi_ref, self.tokenizer, self.accelerator.device)
+        return StepModels(
+            self.policy, self.unwrapped, self.pi_ref, self.tokenizer, self.accelerator.device, self.samplers
+        )
 
     @property
     def trainable_parameters(self) -> list[torch.nn.Parameter]:

@@ -4,7 +4,7 @@ SmolLM2's pad token is its EOS ``<|im_end|>``: a completion's ending EOS must st
 padding after it (the same id) is masked out, and ``<|im_end|>`` must not reach the decoded text the judges
 read. The model is a small random Llama of the same 49,152-token vocabulary, seeded, built here; its weights are
 set so that ``<|im_end|>`` is sampled with probability about 0.3 per token, so completions end at varied
-lengths (see :func:`_bias_towards_eos`).
+lengths (see ``_bias_towards_eos`` in tests/conftest.py).
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
-from typing import Any
 
 import pytest
 import torch
@@ -28,41 +27,10 @@ MAX_POSITIONS = 96
 MULTI_BYTE = "naïve 東京 🙂"
 
 
-def _bias_towards_eos(model: Any, eos_id: int, eos_logit: float = 10.0) -> None:
-    """Make ``<|im_end|>`` about 30% likely at every position: exp(10) / (exp(10) + 49151) ~ 0.31.
-
-    Hidden dimension 0 of every input embedding is set to 10, so after the final RMSNorm that dimension is
-    about 10 / rms ~ 5.6 whatever the token (attention and MLP outputs of a random init are ~0.02); the
-    EOS row of the (untied) output layer reads only it. Every other token keeps a near-zero random logit.
-    """
-    with torch.no_grad():
-        model.model.embed_tokens.weight[:, 0] = 10.0
-        rms = (10.0**2 / model.config.hidden_size) ** 0.5
-        model.lm_head.weight[eos_id].zero_()
-        model.lm_head.weight[eos_id, 0] = eos_logit / (10.0 / rms)
-
-
 @pytest.fixture(scope="module")
-def bpe_policy_dir(tmp_path_factory) -> Path:
-    """A random 2-layer Llama (hidden 32) of SmolLM2's vocabulary, saved with the shipped tokenizer files."""
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
-
-    out = tmp_path_factory.mktemp("bpe") / "policy"
-    out.mkdir()
-    for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):
-        shutil.copy(FIXTURE / name, out / name)
-    tokenizer = AutoTokenizer.from_pretrained(out)
-    assert len(tokenizer) == VOCAB and tokenizer.pad_token == tokenizer.eos_token == EOS  # SmolLM2's case
-    config = LlamaConfig(
-        vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-        num_key_value_heads=2, max_position_embeddings=MAX_POSITIONS, tie_word_embeddings=False,
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
-    )  # fmt: skip
-    torch.manual_seed(0)
-    model = LlamaForCausalLM(config)
-    _bias_towards_eos(model, tokenizer.eos_token_id)
-    model.save_pretrained(out)
-    return out
+def bpe_policy_dir(bpe_model_dir) -> Path:
+    """The random 2-layer Llama of SmolLM2's vocabulary (tests/conftest.py: ``bpe_model_dir``)."""
+    return bpe_model_dir
 
 
 @pytest.fixture(scope="module")

@@ -110,6 +110,11 @@ class Optimizer(Configurable, ABC):
     uses_baseline_response: ClassVar[bool] = False
     #: Whether the loss reads ``kl_threshold`` (so a task must set one).
     uses_kl_threshold: ClassVar[bool] = False
+    #: Whether the loss is valid on samples drawn from another model (a task's ``sampler``, a teacher): true
+    #: for losses that only rank, gate and imitate chosen samples (RAFT, CRRAFT); false for losses that are
+    #: policy-gradient or preference estimates under the policy's own samples (CRPG, CODPO), which would
+    #: need importance weights pi_w(a|s) / q(a|s) that a teacher of another tokenizer cannot give.
+    accepts_off_policy_samples: ClassVar[bool] = False
     description: ClassVar[str] = ""
 
     @abstractmethod

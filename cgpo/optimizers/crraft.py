@@ -60,6 +60,7 @@ class CRRAFT(Optimizer):
 
     Params = CRRAFTParams
     kind: ClassVar[Literal["cgpo", "baseline"]] = "cgpo"
+    accepts_off_policy_samples: ClassVar[bool] = True  # ranks and imitates: no importance weights
     uses_baseline_response: ClassVar[bool] = True
     uses_kl_threshold: ClassVar[bool] = True
     description: ClassVar[str] = "CGPO's CRRAFT: best eligible sample per prompt, weighted SFT (eqs. 16-18)"

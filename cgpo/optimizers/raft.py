@@ -49,6 +49,7 @@ class RAFT(Optimizer):
 
     Params = RAFTParams
     kind: ClassVar[Literal["cgpo", "baseline"]] = "baseline"
+    accepts_off_policy_samples: ClassVar[bool] = True  # ranks and imitates: no importance weights
     description: ClassVar[str] = "RAFT baseline: best-of-K by reward (optionally r - beta*KL), SFT on the winner"
 
     def loss(self, batch: PolicyBatch) -> LossOutput:

@@ -7,16 +7,17 @@ completion of the generation group (rows of a task keep their group's padding).
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
-from cgpo.config import SamplingConfig, TaskConfig
+from cgpo.config import ModelConfig, SamplingConfig, TaskConfig
 from cgpo.data import PromptRecord, TaskSampler
 from cgpo.judging import MixtureResult
 from cgpo.optimizers import LossOutput, Optimizer, PolicyBatch
 from cgpo.rollout import Rollout
+from cgpo.samplers import SamplerModel
 from cgpo.scoring import TaskScorer
 
 
@@ -31,6 +32,7 @@ class StepModels:
             (:class:`cgpo.reference.AdaptersDisabled`).
         tokenizer: The policy's tokenizer (left padding, a pad token).
         device: Where the step's tensors go.
+        samplers: The tasks' samplers (teachers), by their config; empty when every task samples the policy.
     """
 
     policy: Any
@@ -38,6 +40,7 @@ class StepModels:
     reference: Any
     tokenizer: Any
     device: torch.device
+    samplers: dict[ModelConfig, SamplerModel] = field(default_factory=dict)
 
 
 @dataclass
@@ -79,11 +82,16 @@ class DrawnPrompts:
 
 @dataclass
 class RolloutGroup:
-    """One generate call: the rollout of the tasks with these sampling settings, and each task's rows."""
+    """One generate call: the rollout of the tasks with these sampling settings, and each task's rows.
+
+    ``sampler`` is the model that generated it when that is not the policy (off-policy samples: no
+    importance weights for the KL metric, :func:`cgpo.phases.loss.rollout_logprobs`).
+    """
 
     sampling: SamplingConfig
     rollout: Rollout
     rows: dict[str, slice]
+    sampler: ModelConfig | None = None
 
 
 @dataclass

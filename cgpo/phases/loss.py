@@ -15,9 +15,8 @@ from collections.abc import Sequence
 
 import torch
 
-from cgpo.config import SamplingConfig
 from cgpo.optimizers import PolicyBatch
-from cgpo.phases.batches import Scored, StepModels, TaskLoss, TaskRollout
+from cgpo.phases.batches import RolloutGroup, Scored, StepModels, TaskLoss, TaskRollout
 from cgpo.rollout import Rollout, left_pad, right_pad, token_logprobs
 
 #: ``([N, C] policy log-probs, [N, C] tempered policy log-probs or None, [N, C] reference log-probs)``.
@@ -34,11 +33,11 @@ def sample_logprobs(rollouts: Sequence[TaskRollout], models: StepModels, *, with
             sliced from its group's; otherwise no-grad forwards per task (micro-batching).
     """
     if not with_grad:
-        return [rollout_logprobs(r.rollout, r.task.config.sampling, models, grad=False) for r in rollouts]
+        return [rollout_logprobs(r.rollout, r.group, models, grad=False) for r in rollouts]
     forwards: dict[int, TokenLogprobs] = {}  # one forward of each model per group, shared by its tasks
     for r in rollouts:
         if id(r.group) not in forwards:
-            forwards[id(r.group)] = rollout_logprobs(r.group.rollout, r.group.sampling, models, grad=True)
+            forwards[id(r.group)] = rollout_logprobs(r.group.rollout, r.group, models, grad=True)
     return [_rows(forwards[id(r.group)], r.rows) for r in rollouts]
 
 
@@ -52,15 +51,20 @@ def task_losses(
     return [task_loss(s, lp, models, grad=with_grad) for s, lp in zip(scored, logprobs, strict=True)]
 
 
-def rollout_logprobs(rollout: Rollout, sampling: SamplingConfig, models: StepModels, *, grad: bool) -> TokenLogprobs:
-    """``[N, C]`` token log-probs of a rollout: the policy's (with gradients if ``grad``), tempered, pi_ref's."""
+def rollout_logprobs(rollout: Rollout, group: RolloutGroup, models: StepModels, *, grad: bool) -> TokenLogprobs:
+    """``[N, C]`` token log-probs of a rollout (all or some rows of ``group``): the policy's, tempered, pi_ref's.
+
+    The policy's carry gradients if ``grad``. The tempered ones (the KL metric's importance weights
+    pi_1 / pi_T) are None for a sampler's rollout: the samples did not come from pi_T at all.
+    """
     args = (rollout.prompt_ids, rollout.prompt_mask, rollout.completion_ids, rollout.completion_mask)
-    k = sampling.num_samples
+    k = group.sampling.num_samples
+    tempered = None if group.sampler is not None else group.sampling.temperature
     with torch.no_grad():
         ref_tok, _ = token_logprobs(models.reference, *args, group_size=k)
     with contextlib.nullcontext() if grad else torch.no_grad():
         model = models.policy if grad else models.unwrapped
-        pol_tok, hot = token_logprobs(model, *args, with_tempered=sampling.temperature, group_size=k)
+        pol_tok, hot = token_logprobs(model, *args, with_tempered=tempered, group_size=k)
     return pol_tok, hot, ref_tok
 
 

@@ -40,6 +40,9 @@ def task_metrics(update: TaskUpdate) -> dict[str, float]:
         f"{prefix}/skipped_prompts": float(stats.get("skipped_prompts", 0.0)),
         f"{prefix}/response_length": float(batch.lengths.float().mean()),
     }
+    cut = scored.rollout.rollout.cut
+    if cut is not None:  # a sampler's samples: the share the policy's max_new_tokens cut (cgpo.samplers)
+        out[f"{prefix}/sampler_cut_rate"] = float(cut.float().mean())
     for label, rates in judge_rates(mixture).items():
         out[f"{prefix}/judge/{label}/violation_rate"] = rates["violation_rate"]
         out[f"{prefix}/judge/{label}/error_rate"] = rates["error_rate"]
