@@ -293,10 +293,20 @@ def test_real_model_compare_flags_a_gain_only_when_the_interval_excludes_zero():
 
 
 @pytest.mark.slow
-def test_real_model_smoke(tmp_path):
+def test_real_model_smoke(tmp_path, monkeypatch):
     out = tmp_path / "real"
     assert real_model.main(["--out", str(out), "--smoke"]) == 0
     results = json.loads((out / "results.json").read_text())
+    # --resume reuses every finished stage: no cgpo train or eval runs again, and the statistics are the same.
+    ran: list[str] = []
+    with monkeypatch.context() as patch:
+        patch.setattr(real_model, "cgpo", lambda args, log_file: ran.append(args[0]))
+        assert real_model.main(["--out", str(tmp_path / "real"), "--smoke", "--resume"]) == 0
+    assert ran == ["report"]
+    resumed = json.loads((out / "results.json").read_text())
+    assert resumed["comparison"] == results["comparison"] and resumed["eval_start_seconds"] is None
+    assert all(run["training_reused"] for run in resumed["training"].values())
+    results = resumed
     assert results["seeds"] == [0, 1] and results["eval_prompts"] == {"ifeval_synth": 6, "gsm8k_format": 6}
     for metric, row in results["comparison"].items():
         assert len(row["per_seed"]) == 2, metric

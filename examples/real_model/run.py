@@ -6,6 +6,7 @@
     python examples/real_model/run.py --out runs/real_model --report   # table.md and plots from results.json
     python examples/real_model/run.py --out runs/real_model --report --readme examples/real_model/README.md
     python examples/real_model/run.py --out /tmp/smoke --smoke         # the same pipeline on tiny:policy
+    python examples/real_model/run.py --out runs/real_model --resume   # continue a stopped study
 
 1. Fixed random subsets of the held-out prompts (``--subset-seed``): ``--ifeval-prompts`` of IFEval's 541 and
    ``--gsm8k-prompts`` of the GSM8K test set's 1,319, written to ``OUT/data/`` (their line numbers go into
@@ -78,6 +79,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         help="with --report: also rewrite FILE's measured sections (between <!-- results:KEY --> "
                              "markers) from results.json")  # fmt: skip
     parser.add_argument("--smoke", action="store_true", help="tiny:policy, 2 steps, 6+6 prompts, 2 seeds")
+    parser.add_argument("--resume", action="store_true",
+                        help="reuse what a stopped study in OUT finished: the start evaluation, and per seed its "
+                             "training (OUT/seedS/final) and its evaluation (OUT/seedS/eval_end.json)")  # fmt: skip
     args = parser.parse_args(argv)
     if args.smoke:
         args = parser.parse_args([*SMOKE, *(argv if argv is not None else sys.argv[1:])])
@@ -280,8 +284,10 @@ def outcome_markdown(results: dict[str, Any]) -> str:
                      f"{_pct(mean['ci_high'])}])")  # fmt: skip
     steps = {seed: run["steps"] for seed, run in results["training"].items()}
     per_step = [run["seconds_per_step"] for run in results["training"].values() if run["seconds_per_step"]]
+    start = results["eval_start_seconds"]
+    start_text = "reused from a stopped run" if start is None else f"{start:.0f} s"
     lines.append(f"\nSeeds {results['seeds']}, steps per seed {steps}, mean seconds per training step "
-                 f"{sum(per_step) / max(1, len(per_step)):.0f}, start evaluation {results['eval_start_seconds']:.0f} s.")  # fmt: skip
+                 f"{sum(per_step) / max(1, len(per_step)):.0f}, start evaluation {start_text}.")  # fmt: skip
     return "\n".join(lines) + "\n"
 
 
@@ -347,11 +353,15 @@ def run_seed(args: argparse.Namespace, out: Path, shared: list[str], seed: int) 
     """Train one seed (both tasks) and evaluate its final policy; returns the run folder."""
     run_dir = out / f"seed{seed}"
     steps = [] if args.steps is None else [f"training.max_steps={args.steps}"]
-    # Plain progress lines into the log (a progress bar would look for a terminal).
-    cgpo(["train", str(TRAIN), *shared, *steps, f"training.seed={seed}", f"output_dir={run_dir}",
-          "logging.progress=plain", "--fresh"], log_file=out / "logs" / f"train_seed{seed}.log")  # fmt: skip
-    cgpo(["eval", str(EVAL), *shared, "--model", str(run_dir / "final"), "--output", str(run_dir / "eval_end.json"),
-          "--samples", str(run_dir / "samples_end.jsonl")], log_file=out / "logs" / f"eval_seed{seed}.log")  # fmt: skip
+    # final/ and eval_end.json are written atomically and last, so their presence means the stage finished.
+    if not (args.resume and (run_dir / "final" / "config.json").is_file()):
+        # Plain progress lines into the log (a progress bar would look for a terminal).
+        cgpo(["train", str(TRAIN), *shared, *steps, f"training.seed={seed}", f"output_dir={run_dir}",
+              "logging.progress=plain", "--fresh"], log_file=out / "logs" / f"train_seed{seed}.log")  # fmt: skip
+    if not (args.resume and (run_dir / "eval_end.json").is_file()):
+        cgpo(["eval", str(EVAL), *shared, "--model", str(run_dir / "final"), "--output",
+              str(run_dir / "eval_end.json"), "--samples", str(run_dir / "samples_end.jsonl")],
+             log_file=out / "logs" / f"eval_seed{seed}.log")  # fmt: skip
     return run_dir
 
 
@@ -366,15 +376,17 @@ def study(args: argparse.Namespace, out: Path, say: Any) -> dict[str, Any]:
     say(f"held-out evaluation of the starting policy ({len(subsets['ifeval_synth'])} IFEval, "
         f"{len(subsets['gsm8k_format'])} GSM8K prompts)")  # fmt: skip
     t0 = time.perf_counter()
-    cgpo(["eval", str(EVAL), *shared, "--output", str(out / "eval_start.json"), "--samples",
-          str(out / "samples_start.jsonl")], log_file=out / "logs" / "eval_start.log")  # fmt: skip
+    reuse_start = args.resume and (out / "eval_start.json").is_file()
+    if not reuse_start:
+        cgpo(["eval", str(EVAL), *shared, "--output", str(out / "eval_start.json"), "--samples",
+              str(out / "samples_start.jsonl")], log_file=out / "logs" / "eval_start.log")  # fmt: skip
     results: dict[str, Any] = {
         "policy": args.policy or "smollm2:135m-instruct", "seeds": [],
         "eval_prompts": {task: len(rows) for task, rows in subsets.items()},
         "subset_seed": args.subset_seed, "subset_lines": subsets,
-        "eval_start_seconds": round(time.perf_counter() - t0, 1), "training": {},
+        "eval_start_seconds": None if reuse_start else round(time.perf_counter() - t0, 1), "training": {},
     }  # fmt: skip
-    say(f"start evaluated in {results['eval_start_seconds']:.0f}s")
+    say("start evaluation reused" if reuse_start else f"start evaluated in {results['eval_start_seconds']:.0f}s")
     start = jsonl_objects(out / "samples_start.jsonl")
     metas = {json.loads(line)["prompt"]: json.loads(line) for line in (out / "data" / "ifeval_synth.jsonl").open()}
     before = prompt_outcomes(start, metas)
@@ -382,12 +394,14 @@ def study(args: argparse.Namespace, out: Path, say: Any) -> dict[str, Any]:
     for seed in args.seeds:
         say(f"seed {seed}: training and held-out evaluation")
         t0 = time.perf_counter()
+        training_reused = args.resume and (out / f"seed{seed}" / "final" / "config.json").is_file()
         run_dir = run_seed(args, out, shared, seed)
         end = jsonl_objects(run_dir / "samples_end.jsonl")
         pairs = paired_rows(start, end)  # every seed evaluated the same prompts
         afters.append(prompt_outcomes(end, metas))
         results["seeds"].append(seed)
-        results["training"][str(seed)] = {**training_summary(run_dir),
+        # With --resume, seconds_with_eval counts only the stages that ran this time (training_reused says).
+        results["training"][str(seed)] = {**training_summary(run_dir), "training_reused": training_reused,
                                           "seconds_with_eval": round(time.perf_counter() - t0, 1)}  # fmt: skip
         results["comparison"] = compare(before, afters)
         if len(afters) == 1:
