@@ -176,7 +176,7 @@ def _env(tmp_path: Path, **extra: str) -> dict[str, str]:
 
 
 def _launcher(mode: str, processes: int) -> list[str]:
-    """``accelerate launch`` for 2 CPU processes: the shipped FSDP file, or DDP (environment.md §6)."""
+    """``accelerate launch`` for N CPU processes: the shipped FSDP file, or DDP (environment.md §6)."""
     command = [sys.executable, "-m", "accelerate.commands.launch"]
     if mode == "fsdp":
         command += ["--config_file", str(REPO / "configs" / "accelerate" / "fsdp.yaml")]
@@ -187,12 +187,13 @@ def _launcher(mode: str, processes: int) -> list[str]:
 
 
 def _probe(tmp_path: Path, name: str, mode: str, config: Path, *, processes: int = 2, args: tuple = ()) -> Path:
-    """Run the probe under the launcher; returns its evidence folder."""
+    """Run the probe under the launcher (``mode`` fsdp or ddp), or as one plain process (``plain``); returns its
+    evidence folder."""
     out = tmp_path / f"evidence-{name}"
     out.mkdir()
     script = tmp_path / "fsdp_probe.py"
     script.write_text(PROBE)
-    command = [sys.executable, str(script)] if processes == 1 else [*_launcher(mode, processes), str(script)]
+    command = [sys.executable, str(script)] if mode == "plain" else [*_launcher(mode, processes), str(script)]
     result = subprocess.run([*command, str(config), str(out), *args], capture_output=True, text=True,
                             env=_env(tmp_path), timeout=300, check=False, cwd=tmp_path)  # fmt: skip
     assert result.returncode == 0, f"exit {result.returncode}\n{result.stdout[-3000:]}\n{result.stderr[-6000:]}"
@@ -345,7 +346,7 @@ def test_fsdp_checkpoint_resumes_on_one_process(tmp_path, tiny_models_dir):
     two = _evidence(_probe(tmp_path, "two", "fsdp", config))
     evals = [json.loads(line) for line in (tmp_path / "run" / "eval.jsonl").read_text().splitlines()]
     assert [e["step"] for e in evals] == [0, 2] and evals[0]["tasks"].keys() == evals[1]["tasks"].keys()
-    one = json.loads((_probe(tmp_path, "one", "fsdp", config, processes=1, args=("training.max_steps=3",))
+    one = json.loads((_probe(tmp_path, "one", "plain", config, processes=1, args=("training.max_steps=3",))
                       / "rank-0.json").read_text())  # fmt: skip
     assert one["world"] == 1 and one["fsdp"] is False and one["resumed_at"] == 2
     # Weights and AdamW state exactly as the two processes left them (compared gathered, by parameter name).
@@ -362,6 +363,33 @@ def test_fsdp_checkpoint_resumes_on_one_process(tmp_path, tiny_models_dir):
     model = AutoModelForCausalLM.from_pretrained(tmp_path / "run" / "final")
     final = torch.load(tmp_path / "evidence-one" / "final.pt")
     assert all(torch.equal(v.float(), final[k]) for k, v in model.state_dict().items())
+
+
+@pytest.mark.slow
+def test_a_one_process_fsdp_checkpoint_resumes_on_two_processes(tmp_path, tiny_models_dir):
+    """1 FSDP process (world size 1: one shard of everything) writes DCP; 2 FSDP processes reshard and go on."""
+    config = tmp_path / "run.yaml"
+    config.write_text(_run_config(tiny_models_dir, tmp_path / "run", steps=2))
+    one = _evidence(_probe(tmp_path, "one", "fsdp", config, processes=1), ranks=1)[0]
+    # Sharded with one process: DTensors whose only shard is the whole tensor, written as one DCP shard file.
+    assert one["world"] == 1 and one["fsdp"] is True and one["policy_class"] == "FSDPLlamaForCausalLM"
+    assert all(p["dtensor"] and p["local"] == p["full"] for p in one["placements"].values())
+    step = tmp_path / "run" / "checkpoints" / "step-2"
+    assert _shard_files(step) == [".metadata", "__0_0.distcp"]
+    assert json.loads((step / "trainer_state.json").read_text())["format"] == "dcp"
+    two = _evidence(_probe(tmp_path, "two", "fsdp", config, args=("training.max_steps=3",)))
+    _assert_sharded(two)
+    for ev in two:
+        assert ev["resumed_at"] == 2
+        # Weights and AdamW state exactly as the one process left them (gathered, by parameter name).
+        assert ev["initial"] == one["final"] and ev["optimizer_initial"] == one["optimizer_final"]
+        # Same position of the same global permutation: 2 steps x 1 process x BATCH prompts were drawn, then
+        # 1 step x 2 processes x BATCH.
+        for task, sampler in ev["samplers"].items():
+            assert sampler["epoch"] * sampler["size"] + sampler["position"] == 2 * BATCH + 2 * BATCH, (task, sampler)
+        assert len(ev["steps"]) == 1 and ev["steps"][0]["step"] == 3 and ev["final"] != ev["initial"]
+    assert two[0]["final"] == two[1]["final"] and two[0]["samplers"] == two[1]["samplers"]
+    assert _shard_files(tmp_path / "run" / "checkpoints" / "step-3") == [".metadata", "__0_0.distcp", "__1_0.distcp"]
 
 
 @pytest.mark.slow
