@@ -298,12 +298,14 @@ LORA = "{r: 2, alpha: 4, dropout: 0.0, target_modules: [q_proj, v_proj], save: %
 PEFT_WARNING = "ignore:`is_gradient_checkpointing` is deprecated:FutureWarning"
 
 
-def _lora_runs(tmp_path: Path, models: Path, save: str, modes: tuple[str, ...]) -> dict[str, Path]:
-    """A 2-step LoRA run per mode (fsdp, ddp) on 2 processes; returns each mode's evidence folder."""
+def _lora_runs(tmp_path: Path, models: Path, saves: dict[str, str], micro_batch_size: int | None = None) -> dict:
+    """A 2-step LoRA run per mode (fsdp, ddp: its ``save``) on 2 processes; returns each mode's evidence folder."""
     results = {}
-    for mode in modes:
+    for mode, save in saves.items():
         config = tmp_path / f"{mode}.yaml"
-        config.write_text(_run_config(models, tmp_path / mode, steps=2, lora=LORA % save))
+        config.write_text(
+            _run_config(models, tmp_path / mode, steps=2, micro_batch_size=micro_batch_size, lora=LORA % save)
+        )
         results[mode] = _probe(tmp_path, mode, mode, config)
     return results
 
@@ -327,7 +329,7 @@ def test_fsdp_lora_shards_the_adapters_and_trains_like_ddp(tmp_path, tiny_models
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    results = _lora_runs(tmp_path, tiny_models_dir, "adapter", ("fsdp", "ddp"))
+    results = _lora_runs(tmp_path, tiny_models_dir, {"fsdp": "adapter", "ddp": "adapter"})
     ranks = _evidence(results["fsdp"])
     _assert_sharded(ranks, policy_class="PeftModelForCausalLM")
     placements = ranks[0]["placements"]
@@ -365,15 +367,20 @@ def test_fsdp_lora_shards_the_adapters_and_trains_like_ddp(tmp_path, tiny_models
 
 @pytest.mark.slow
 @pytest.mark.filterwarnings(PEFT_WARNING)
-def test_fsdp_lora_final_is_the_merged_model(tmp_path, tiny_models_dir):
-    """``save: merged`` under FSDP: final/ is plain Llama weights, base + scale * B @ A of the trained adapters."""
+def test_fsdp_lora_with_micro_batches_saves_the_merged_model(tmp_path, tiny_models_dir):
+    """``save: merged`` under FSDP: final/ is plain Llama weights, base + scale * B @ A of the trained adapters;
+    with micro-batches (gradients unsynced until the last push) the same weights as DDP's within rounding."""
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    results = _lora_runs(tmp_path, tiny_models_dir, "merged", ("fsdp",))
-    final = torch.load(results["fsdp"] / "final.pt")
+    # DDP saves adapters here: its save_final merges the live PEFT model in place (merge_and_unload), which
+    # would leave the probe no adapters to gather and no AdamW parameters to name.
+    results = _lora_runs(tmp_path, tiny_models_dir, {"fsdp": "merged", "ddp": "adapter"}, micro_batch_size=2)
+    final, ddp_final = torch.load(results["fsdp"] / "final.pt"), torch.load(results["ddp"] / "final.pt")
     _assert_only_adapters_trained(torch.load(results["fsdp"] / "initial.pt"), final)
+    for name, value in final.items():
+        assert torch.allclose(value, ddp_final[name], atol=1e-5, rtol=1e-4), name
     peft = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_models_dir / "policy"),
                           LoraConfig(r=2, lora_alpha=4, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM"))  # fmt: skip
     peft.load_state_dict(final, strict=True)
