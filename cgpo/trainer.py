@@ -27,13 +27,14 @@ import io
 import signal
 import time
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from cgpo import checkpoint as ckpt
+from cgpo.config import LoraConfig as LoraSettings
 from cgpo.config import RunConfig, TaskConfig
 from cgpo.data import TaskSampler, encode_prompt, load_records
 from cgpo.distributed import checkpoint as sharded
@@ -195,25 +196,13 @@ class CGPOTrainer:
         kwargs = dict(common, dtype=self._torch_dtype(cfg.policy.dtype))
         if cfg.policy.attn_implementation:
             kwargs["attn_implementation"] = cfg.policy.attn_implementation
+        self._policy_kwargs = kwargs
         policy = AutoModelForCausalLM.from_pretrained(self.policy_path, **kwargs)
         if training.gradient_checkpointing:
             policy.gradient_checkpointing_enable()
         self.reference: Any = None
         if training.lora is not None:
-            from peft import LoraConfig, get_peft_model
-
-            lora = training.lora
-            with warnings.catch_warnings():
-                # peft (0.21) reads model.is_gradient_checkpointing inside get_peft_model, which transformers
-                # 5.25 deprecated in favour of is_activation_checkpointing: peft's call, not ours, and it would
-                # print on every LoRA run. Only that one message is silenced.
-                warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated",
-                                        category=FutureWarning)  # fmt: skip
-                policy = get_peft_model(
-                    policy,
-                    LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
-                               target_modules=lora.target_modules, task_type="CAUSAL_LM"),
-                )  # fmt: skip
+            policy = self._with_lora(policy, training.lora)
             if cfg.reference is not None:
                 self.log("training.lora is set: the reference is the base model with adapters disabled")
         else:
@@ -231,6 +220,36 @@ class CGPOTrainer:
             self.samplers = load_samplers([t.sampler for t in cfg.tasks], device=self.accelerator.device,
                                           dtype=self._torch_dtype, log=self.log)  # fmt: skip
         self.max_positions = int(getattr(policy.config, "max_position_embeddings", 0) or 0)
+
+    @staticmethod
+    def _with_lora(model: Any, lora: LoraSettings) -> Any:
+        """``model`` wrapped by peft with the adapters of ``training.lora`` (initialized from the current seed)."""
+        from peft import LoraConfig, get_peft_model
+
+        with warnings.catch_warnings():
+            # peft (0.21) reads model.is_gradient_checkpointing inside get_peft_model, which transformers
+            # 5.25 deprecated in favour of is_activation_checkpointing: peft's call, not ours, and it would
+            # print on every LoRA run. Only that one message is silenced.
+            warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated",
+                                    category=FutureWarning)  # fmt: skip
+            return get_peft_model(
+                model,
+                LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+                           target_modules=lora.target_modules, task_type="CAUSAL_LM"),
+            )  # fmt: skip
+
+    def _unsharded_lora_policy(self, weights: Mapping[str, torch.Tensor], lora: LoraSettings) -> Any:
+        """A plain (CPU) copy of the sharded LoRA policy holding ``weights``, its gathered state dict.
+
+        peft saves adapters and merges them from ordinary tensors; FSDP's parameters are DTensor shards, so
+        the main process rebuilds the same PEFT model unsharded and loads every weight (base and adapters).
+        """
+        from transformers import AutoModelForCausalLM
+
+        base = AutoModelForCausalLM.from_pretrained(self.policy_path, **self._policy_kwargs)
+        model = self._with_lora(base, lora)
+        model.load_state_dict(dict(weights), strict=True)
+        return model
 
     def _build_task(self, task: TaskConfig) -> TaskState:
         records = load_records(task, "train")
@@ -641,14 +660,18 @@ class CGPOTrainer:
         """``OUTPUT_DIR/final/``: the trained model for ``from_pretrained`` (merged, or adapter + base path)."""
         lora = self.config.training.lora
         # Full weights are gathered on every process first (FSDP shards them; a collective call), exactly as
-        # checkpoints do; a LoRA policy is saved from its own modules (adapters, or merged into the base).
-        weights = fsdp.full_state_dict(self.accelerator, self.policy) if lora is None else None
+        # checkpoints do; a LoRA policy is saved from its own modules (adapters, or merged into the base),
+        # under FSDP from an unsharded copy holding the gathered weights.
+        weights = fsdp.full_state_dict(self.accelerator, self.policy) if lora is None or self.fsdp else None
         self.accelerator.wait_for_everyone()
         if not self.is_main:
             return
         model = self.unwrapped
-        if lora is not None and lora.save == "merged":
-            model = model.merge_and_unload()
+        if lora is not None:
+            if self.fsdp:
+                model, weights = self._unsharded_lora_policy(weights or {}, lora), None  # strict load: never empty
+            if lora.save == "merged":
+                model = model.merge_and_unload()
         final = ckpt.save_final_atomically(self.output_dir, model=model, tokenizer=self.tokenizer, weights=weights)
         self.log(f"final model: {final}")
 

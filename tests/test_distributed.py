@@ -1,6 +1,7 @@
 """cgpo.distributed in one process: when a run is FSDP, what it refuses, and the DCP checkpoint round trip.
 
-The 2-process runs (real sharding, kill -9 resume, 2 -> 1 processes) are in tests/trainer/test_fsdp.py.
+The 2-process runs (real sharding, LoRA, kill -9 resume, 2 -> 1 and 1 -> 2 processes) are in
+tests/trainer/test_fsdp.py.
 """
 
 from __future__ import annotations
@@ -45,8 +46,7 @@ def test_fsdp1_is_refused_and_the_cpu_plugin_reads_the_launcher_environment(monk
 
 
 def test_what_fsdp_has_not_run_is_refused_by_name():
-    with pytest.raises(UserError, match=r"training\.lora is not supported with FSDP"):
-        fsdp.check_run_config(SimpleNamespace(training=SimpleNamespace(lora=object(), save_optimizer_state=True)))
+    fsdp.check_run_config(SimpleNamespace(training=SimpleNamespace(lora=object(), save_optimizer_state=True)))
     with pytest.raises(UserError, match=r"training\.save_optimizer_state: false is not supported with FSDP"):
         fsdp.check_run_config(SimpleNamespace(training=SimpleNamespace(lora=None, save_optimizer_state=False)))
     fsdp.check_run_config(SimpleNamespace(training=SimpleNamespace(lora=None, save_optimizer_state=True)))
@@ -62,6 +62,21 @@ def test_layer_classes_that_match_no_module_are_a_user_error(tiny_models_dir):
     with pytest.raises(UserError, match="Qwen2DecoderLayer matches no module of LlamaForCausalLM"):
         fsdp.shard_policy(model, plugin)
     assert not fsdp.is_sharded(model)
+
+
+@pytest.mark.filterwarnings("ignore:`is_gradient_checkpointing` is deprecated:FutureWarning")  # peft's call
+def test_the_sharded_root_of_a_lora_policy_is_its_base_model_also_with_adapters_disabled(tiny_models_dir):
+    """PeftModel.generate bypasses the PEFT wrapper's forward: the root's hooks must be on the base model."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from cgpo.reference import AdaptersDisabled
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_models_dir / "policy")
+    assert fsdp.sharded_root(model) is model
+    peft = get_peft_model(model, LoraConfig(r=2, target_modules=["q_proj"], task_type="CAUSAL_LM"))
+    assert fsdp.sharded_root(peft) is model and fsdp.sharded_root(AdaptersDisabled(peft)) is model
+    assert not fsdp.is_sharded(peft) and not fsdp.is_sharded(AdaptersDisabled(peft))
 
 
 def _trained(tiny_models_dir, steps: int) -> tuple[torch.nn.Module, torch.optim.Optimizer, object]:

@@ -21,6 +21,11 @@ from ``fsdp_config``) on CPU.
 A run is FSDP when accelerate says so (``distributed_type: FSDP``), or when the launcher asked for FSDP
 (``ACCELERATE_USE_FSDP=true``) and accelerate fell back to MULTI_CPU. Frozen models (the reference copy
 and the reward models) stay whole on every process: they have no optimizer state or gradients.
+
+LoRA: peft wraps the policy before sharding; the LoRA layers sit inside the decoder layers, so each unit
+holds frozen base weights and trainable adapters together (FSDP2 allows both in one unit), and the root is
+the PEFT model's base model (:func:`sharded_root`). The reference is then this sharded policy with its
+adapters disabled, gathered through the same hooks.
 """
 
 from __future__ import annotations
@@ -68,10 +73,6 @@ def check_run_config(config: Any) -> None:
             "training.save_optimizer_state: false is not supported with FSDP yet: sharded checkpoints always "
             "hold AdamW's shards (each process writes only its own 1/N)"
         )
-    if config.training.lora is not None:
-        raise UserError(
-            "training.lora is not supported with FSDP yet (untested): train LoRA with DDP (configs/accelerate/ddp.yaml)"
-        )
 
 
 def layer_classes(model: torch.nn.Module, plugin: Any) -> list[str]:
@@ -117,15 +118,28 @@ def shard_policy(model: torch.nn.Module, plugin: Any, *, mixed_precision: str = 
                 param.data = param.data.to(torch.float32)
     for layer in layers:
         fully_shard(layer, **options)
-    fully_shard(model, **options)
+    fully_shard(sharded_root(model), **options)
     return model
 
 
+def sharded_root(model: Any) -> Any:
+    """The module that ``fully_shard`` makes the root: the model, or a PEFT model's base (transformers) model.
+
+    A PEFT model is not the root itself: ``PeftModel.generate`` calls the base model's ``generate``, whose
+    forwards never pass through the PEFT wrapper's own forward, so the root's hooks (gathering the embeddings
+    and the LM head) must sit on the base model, which every forward and generate call goes through. The
+    LoRA layers live inside the decoder layers, frozen and trainable parameters in the same shard unit.
+    A reference seen with its adapters disabled (:class:`cgpo.reference.AdaptersDisabled`) resolves too.
+    """
+    get_base_model = getattr(model, "get_base_model", None)
+    return get_base_model() if callable(get_base_model) else model
+
+
 def is_sharded(model: Any) -> bool:
-    """Whether ``model`` is an FSDP2 module (its forwards are collective calls)."""
+    """Whether ``model`` (or a PEFT model's base) is an FSDP2 module (its forwards are collective calls)."""
     from torch.distributed.fsdp import FSDPModule
 
-    return isinstance(model, FSDPModule)
+    return isinstance(sharded_root(model), FSDPModule)
 
 
 @contextlib.contextmanager
@@ -135,11 +149,12 @@ def no_sync(accelerator: Any, model: Any) -> Iterator[None]:
         with accelerator.no_sync(model):
             yield
         return
-    model.set_requires_gradient_sync(False)
+    root = sharded_root(model)
+    root.set_requires_gradient_sync(False)  # recurses into every shard unit below the root
     try:
         yield
     finally:
-        model.set_requires_gradient_sync(True)
+        root.set_requires_gradient_sync(True)
 
 
 def full_state_dict(accelerator: Any, model: Any) -> dict[str, torch.Tensor]:

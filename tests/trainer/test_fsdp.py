@@ -44,6 +44,7 @@ from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_
 from torch.distributed.tensor import DTensor  # noqa: E402
 
 from cgpo.config_loader import load_run_config  # noqa: E402
+from cgpo.distributed.fsdp import sharded_root  # noqa: E402
 from cgpo.trainer import CGPOTrainer  # noqa: E402
 
 
@@ -83,7 +84,8 @@ def placements(model):
     out = {}
     for name, p in model.named_parameters():
         local = p.to_local() if isinstance(p, DTensor) else p
-        out[name] = {"dtensor": isinstance(p, DTensor), "full": list(p.shape), "local": list(local.shape)}
+        out[name] = {"dtensor": isinstance(p, DTensor), "full": list(p.shape), "local": list(local.shape),
+                     "trainable": p.requires_grad}
     return out
 
 
@@ -120,6 +122,7 @@ evidence = {
     "fsdp": trainer.fsdp,
     "distributed_type": str(trainer.accelerator.distributed_type),
     "policy_class": type(trainer.policy).__name__,
+    "root_class": type(sharded_root(trainer.unwrapped)).__name__,
     "backend": torch.distributed.get_backend() if torch.distributed.is_initialized() else None,
     "placements": placements(trainer.unwrapped),
     "exp_avg_local": sorted(
@@ -146,13 +149,20 @@ def _free_port() -> int:
 
 
 def _run_config(
-    models: Path, output_dir: Path, *, steps: int, micro_batch_size: int | None = None, eval_every: int = 0
+    models: Path,
+    output_dir: Path,
+    *,
+    steps: int,
+    micro_batch_size: int | None = None,
+    eval_every: int = 0,
+    lora: str = "",
 ) -> str:
     # A format judge that about 60% of random samples pass, so that every optimizer has satisfied and
     # violating samples to learn from (as in test_ddp.py).
     judge = '[{name: format, params: {must_match: ["[a-m]"]}}]'
     common = f"batch_size: {BATCH}, judges: {judge}, sampling: {{num_samples: 4, max_new_tokens: 6}}"
-    micro = f", micro_batch_size: {micro_batch_size}" if micro_batch_size else ""
+    extra = f", micro_batch_size: {micro_batch_size}" if micro_batch_size else ""
+    extra += f", lora: {lora}" if lora else ""
     return f"""
 policy: {{path: {models / "policy"}}}
 tasks:
@@ -161,7 +171,7 @@ tasks:
   - {{include: {REPO}/tasks/tiny_instructions.yaml, weight: 0.5,
      reward: {{model: {models / "reward"}, baseline: generated}}, {common}}}
 training: {{max_steps: {steps}, learning_rate: 1.0e-2, lr_scheduler: constant_with_warmup, warmup_steps: 2,
-           save_every: 1, keep_checkpoints: 5, eval_every: {eval_every}{micro}}}
+           save_every: 1, keep_checkpoints: 5, eval_every: {eval_every}{extra}}}
 output_dir: {output_dir}
 logging: {{progress: none}}
 """
@@ -176,7 +186,7 @@ def _env(tmp_path: Path, **extra: str) -> dict[str, str]:
 
 
 def _launcher(mode: str, processes: int) -> list[str]:
-    """``accelerate launch`` for 2 CPU processes: the shipped FSDP file, or DDP (environment.md §6)."""
+    """``accelerate launch`` for N CPU processes: the shipped FSDP file, or DDP (environment.md §6)."""
     command = [sys.executable, "-m", "accelerate.commands.launch"]
     if mode == "fsdp":
         command += ["--config_file", str(REPO / "configs" / "accelerate" / "fsdp.yaml")]
@@ -187,12 +197,13 @@ def _launcher(mode: str, processes: int) -> list[str]:
 
 
 def _probe(tmp_path: Path, name: str, mode: str, config: Path, *, processes: int = 2, args: tuple = ()) -> Path:
-    """Run the probe under the launcher; returns its evidence folder."""
+    """Run the probe under the launcher (``mode`` fsdp or ddp), or as one plain process (``plain``); returns its
+    evidence folder."""
     out = tmp_path / f"evidence-{name}"
     out.mkdir()
     script = tmp_path / "fsdp_probe.py"
     script.write_text(PROBE)
-    command = [sys.executable, str(script)] if processes == 1 else [*_launcher(mode, processes), str(script)]
+    command = [sys.executable, str(script)] if mode == "plain" else [*_launcher(mode, processes), str(script)]
     result = subprocess.run([*command, str(config), str(out), *args], capture_output=True, text=True,
                             env=_env(tmp_path), timeout=300, check=False, cwd=tmp_path)  # fmt: skip
     assert result.returncode == 0, f"exit {result.returncode}\n{result.stdout[-3000:]}\n{result.stderr[-6000:]}"
@@ -203,21 +214,23 @@ def _evidence(out: Path, ranks: int = 2) -> list[dict]:
     return [json.loads((out / f"rank-{r}.json").read_text()) for r in range(ranks)]
 
 
-def _assert_sharded(ranks: list[dict]) -> None:
+def _assert_sharded(ranks: list[dict], policy_class: str = "FSDPLlamaForCausalLM") -> None:
     """Really FSDP2: DTensor parameters, each rank holding a shard smaller than the full shape."""
     for r, ev in enumerate(ranks):
         assert ev["rank"] == r and ev["world"] == 2 and ev["fsdp"] is True, ev
         assert ev["backend"] == "gloo" and ev["distributed_type"].endswith("MULTI_CPU")
         # No DDP wrapper: FSDP2 shards the module in place, swapping in a subclass of the model's own class
-        assert ev["policy_class"] == "FSDPLlamaForCausalLM", ev["policy_class"]
+        # (under LoRA the root is the PEFT model's base model)
+        assert ev["policy_class"] == policy_class and ev["root_class"] == "FSDPLlamaForCausalLM", ev["policy_class"]
         for name, p in ev["placements"].items():
             assert p["dtensor"], name
             assert p["local"][0] < p["full"][0] and p["local"][1:] == p["full"][1:], (name, p)
     full = sum(_numel(p["full"]) for p in ranks[0]["placements"].values())
     local = [sum(_numel(p["local"]) for p in ev["placements"].values()) for ev in ranks]
     assert sum(local) == full and max(local) < 0.6 * full, (local, full)
-    # AdamW state is sharded like the parameters
-    assert sum(_numel(s) for s in ranks[0]["exp_avg_local"]) == local[0]
+    # AdamW state is sharded like the (trainable) parameters
+    trainable = sum(_numel(p["local"]) for p in ranks[0]["placements"].values() if p["trainable"])
+    assert sum(_numel(s) for s in ranks[0]["exp_avg_local"]) == trainable
 
 
 def _numel(shape: list[int]) -> int:
@@ -278,6 +291,104 @@ def test_fsdp_two_processes_shard_the_policy_and_train_like_ddp(tmp_path, tiny_m
     loaded = AutoModelForCausalLM.from_pretrained(tmp_path / "fsdp" / "final").state_dict()
     assert loaded.keys() == fsdp_final.keys()
     assert all(torch.equal(loaded[k], fsdp_final[k]) for k in loaded)
+
+
+LORA = "{r: 2, alpha: 4, dropout: 0.0, target_modules: [q_proj, v_proj], save: %s}"
+# peft 0.21's get_peft_model reads a property that transformers 5.25 deprecated (as in cgpo.trainer._with_lora)
+PEFT_WARNING = "ignore:`is_gradient_checkpointing` is deprecated:FutureWarning"
+
+
+def _lora_runs(tmp_path: Path, models: Path, saves: dict[str, str], micro_batch_size: int | None = None) -> dict:
+    """A 2-step LoRA run per mode (fsdp, ddp: its ``save``) on 2 processes; returns each mode's evidence folder."""
+    results = {}
+    for mode, save in saves.items():
+        config = tmp_path / f"{mode}.yaml"
+        config.write_text(
+            _run_config(models, tmp_path / mode, steps=2, micro_batch_size=micro_batch_size, lora=LORA % save)
+        )
+        results[mode] = _probe(tmp_path, mode, mode, config)
+    return results
+
+
+def _assert_only_adapters_trained(initial: dict, final: dict) -> None:
+    """The gathered weights: adapters on q_proj and v_proj only, and only adapter weights moved."""
+    import torch
+
+    assert initial.keys() == final.keys()
+    lora = {k for k in initial if ".lora_A." in k or ".lora_B." in k}
+    assert lora and all("q_proj" in k or "v_proj" in k for k in lora)
+    changed = {k for k in initial if not torch.equal(initial[k], final[k])}
+    assert changed and changed <= lora, changed - lora
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings(PEFT_WARNING)
+def test_fsdp_lora_shards_the_adapters_and_trains_like_ddp(tmp_path, tiny_models_dir):
+    """LoRA under FSDP2: base and adapter weights sharded in one unit per layer, the same run as DDP LoRA."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    results = _lora_runs(tmp_path, tiny_models_dir, {"fsdp": "adapter", "ddp": "adapter"})
+    ranks = _evidence(results["fsdp"])
+    _assert_sharded(ranks, policy_class="PeftModelForCausalLM")
+    placements = ranks[0]["placements"]
+    adapters = {k: p for k, p in placements.items() if ".lora_A." in k or ".lora_B." in k}
+    assert adapters and all(p["dtensor"] and p["trainable"] for p in adapters.values())
+    assert not any(p["trainable"] for k, p in placements.items() if k not in adapters)
+    first, second = ranks
+    assert first["final"] == second["final"] and first["steps"] == second["steps"]
+    ddp = _evidence(results["ddp"])[0]
+    for a, b in zip(first["steps"], ddp["steps"], strict=True):
+        for key in a:
+            assert a[key] == pytest.approx(b[key], rel=1e-4, abs=1e-5), key
+    initial, final = torch.load(results["fsdp"] / "initial.pt"), torch.load(results["fsdp"] / "final.pt")
+    ddp_final = torch.load(results["ddp"] / "final.pt")
+    assert final.keys() == ddp_final.keys()
+    for name, value in final.items():
+        assert torch.allclose(value, ddp_final[name], atol=1e-5, rtol=1e-4), name
+    _assert_only_adapters_trained(initial, final)
+    # The checkpoint: DCP shards of the whole PEFT model and of AdamW's adapter moments.
+    step = tmp_path / "fsdp" / "checkpoints" / "step-2"
+    assert _shard_files(step) == [".metadata", "__0_0.distcp", "__1_0.distcp"]
+    # final/ is the adapter (save: adapter), and PeftModel loads it onto the base model.
+    assert (tmp_path / "fsdp" / "final" / "adapter_model.safetensors").is_file()
+    assert not (tmp_path / "fsdp" / "final" / "model.safetensors").exists()
+    base = AutoModelForCausalLM.from_pretrained(tiny_models_dir / "policy")
+    loaded = PeftModel.from_pretrained(base, tmp_path / "fsdp" / "final").state_dict()
+    for name in (k for k in final if ".lora_" in k):
+        assert torch.equal(loaded[name], final[name]), name
+    # A resume (to step 3, same output_dir) restores both exactly.
+    resumed = _evidence(_probe(tmp_path, "resumed", "fsdp", tmp_path / "fsdp.yaml", args=("training.max_steps=3",)))
+    for ev in resumed:
+        assert ev["resumed_at"] == 2 and ev["initial"] == first["final"]
+        assert ev["optimizer_initial"] == first["optimizer_final"] and ev["final"] != ev["initial"]
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings(PEFT_WARNING)
+def test_fsdp_lora_with_micro_batches_saves_the_merged_model(tmp_path, tiny_models_dir):
+    """``save: merged`` under FSDP: final/ is plain Llama weights, base + scale * B @ A of the trained adapters;
+    with micro-batches (gradients unsynced until the last push) the same weights as DDP's within rounding."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    # DDP saves adapters here: its save_final merges the live PEFT model in place (merge_and_unload), which
+    # would leave the probe no adapters to gather and no AdamW parameters to name.
+    results = _lora_runs(tmp_path, tiny_models_dir, {"fsdp": "merged", "ddp": "adapter"}, micro_batch_size=2)
+    final, ddp_final = torch.load(results["fsdp"] / "final.pt"), torch.load(results["ddp"] / "final.pt")
+    _assert_only_adapters_trained(torch.load(results["fsdp"] / "initial.pt"), final)
+    for name, value in final.items():
+        assert torch.allclose(value, ddp_final[name], atol=1e-5, rtol=1e-4), name
+    peft = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_models_dir / "policy"),
+                          LoraConfig(r=2, lora_alpha=4, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM"))  # fmt: skip
+    peft.load_state_dict(final, strict=True)
+    expected = peft.merge_and_unload().state_dict()
+    saved = AutoModelForCausalLM.from_pretrained(tmp_path / "fsdp" / "final").state_dict()
+    assert saved.keys() == expected.keys()
+    for name, value in expected.items():
+        assert torch.equal(saved[name], value), name
 
 
 def _kill_tree(pid: int) -> None:
@@ -345,7 +456,7 @@ def test_fsdp_checkpoint_resumes_on_one_process(tmp_path, tiny_models_dir):
     two = _evidence(_probe(tmp_path, "two", "fsdp", config))
     evals = [json.loads(line) for line in (tmp_path / "run" / "eval.jsonl").read_text().splitlines()]
     assert [e["step"] for e in evals] == [0, 2] and evals[0]["tasks"].keys() == evals[1]["tasks"].keys()
-    one = json.loads((_probe(tmp_path, "one", "fsdp", config, processes=1, args=("training.max_steps=3",))
+    one = json.loads((_probe(tmp_path, "one", "plain", config, processes=1, args=("training.max_steps=3",))
                       / "rank-0.json").read_text())  # fmt: skip
     assert one["world"] == 1 and one["fsdp"] is False and one["resumed_at"] == 2
     # Weights and AdamW state exactly as the two processes left them (compared gathered, by parameter name).
@@ -362,6 +473,33 @@ def test_fsdp_checkpoint_resumes_on_one_process(tmp_path, tiny_models_dir):
     model = AutoModelForCausalLM.from_pretrained(tmp_path / "run" / "final")
     final = torch.load(tmp_path / "evidence-one" / "final.pt")
     assert all(torch.equal(v.float(), final[k]) for k, v in model.state_dict().items())
+
+
+@pytest.mark.slow
+def test_a_one_process_fsdp_checkpoint_resumes_on_two_processes(tmp_path, tiny_models_dir):
+    """1 FSDP process (world size 1: one shard of everything) writes DCP; 2 FSDP processes reshard and go on."""
+    config = tmp_path / "run.yaml"
+    config.write_text(_run_config(tiny_models_dir, tmp_path / "run", steps=2))
+    one = _evidence(_probe(tmp_path, "one", "fsdp", config, processes=1), ranks=1)[0]
+    # Sharded with one process: DTensors whose only shard is the whole tensor, written as one DCP shard file.
+    assert one["world"] == 1 and one["fsdp"] is True and one["policy_class"] == "FSDPLlamaForCausalLM"
+    assert all(p["dtensor"] and p["local"] == p["full"] for p in one["placements"].values())
+    step = tmp_path / "run" / "checkpoints" / "step-2"
+    assert _shard_files(step) == [".metadata", "__0_0.distcp"]
+    assert json.loads((step / "trainer_state.json").read_text())["format"] == "dcp"
+    two = _evidence(_probe(tmp_path, "two", "fsdp", config, args=("training.max_steps=3",)))
+    _assert_sharded(two)
+    for ev in two:
+        assert ev["resumed_at"] == 2
+        # Weights and AdamW state exactly as the one process left them (gathered, by parameter name).
+        assert ev["initial"] == one["final"] and ev["optimizer_initial"] == one["optimizer_final"]
+        # Same position of the same global permutation: 2 steps x 1 process x BATCH prompts were drawn, then
+        # 1 step x 2 processes x BATCH.
+        for task, sampler in ev["samplers"].items():
+            assert sampler["epoch"] * sampler["size"] + sampler["position"] == 2 * BATCH + 2 * BATCH, (task, sampler)
+        assert len(ev["steps"]) == 1 and ev["steps"][0]["step"] == 3 and ev["final"] != ev["initial"]
+    assert two[0]["final"] == two[1]["final"] and two[0]["samplers"] == two[1]["samplers"]
+    assert _shard_files(tmp_path / "run" / "checkpoints" / "step-3") == [".metadata", "__0_0.distcp", "__1_0.distcp"]
 
 
 @pytest.mark.slow
