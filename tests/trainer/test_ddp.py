@@ -252,7 +252,8 @@ def test_a_failed_checkpoint_write_on_one_rank_stops_every_rank_at_once_with_the
     # rank 1 raised alone: here torchrun then killed rank 0 (SIGTERM) after rank 0 had failed on a file of the
     # staging folder rank 1 had removed ("rng-0.pt: No such file or directory"); with NCCL rank 0 would have
     # waited at the next barrier for the collective timeout (30 minutes).
-    assert result.stderr.splitlines().count(line) == 2, result.stderr[-4000:]
+    # Counted in the text, not per line: the two processes write to one pipe, and their lines may interleave.
+    assert result.stderr.count(line) == 2, result.stderr[-4000:]
     assert seconds < 120, seconds
     assert not staging.exists() and ckpt.complete_checkpoints(output_dir) == []
 
