@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -20,6 +21,20 @@ def single_task(evaluation: dict[str, Any]) -> tuple[str, dict[str, Any]]:
     if len(tasks) != 1:
         raise ValueError(f"expected one evaluated task, got {sorted(tasks)}")
     return next(iter(tasks.items()))
+
+
+def check_study_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace, counts: Sequence[str]) -> None:
+    """The argument checks shared by the studies' ``run.py``: ``parser.error`` (one line, exit 2) otherwise.
+
+    ``args.seeds`` must be distinct non-negative integers, and every option named in ``counts`` that is set
+    must be at least 1.
+    """
+    if any(seed < 0 for seed in args.seeds) or len(set(args.seeds)) != len(args.seeds):
+        parser.error(f"--seeds must be distinct non-negative integers, got {args.seeds}")
+    for flag in counts:
+        value = getattr(args, flag)
+        if value is not None and value < 1:
+            parser.error(f"--{flag.replace('_', '-')} must be at least 1, got {value}")
 
 
 def jsonl_objects(path: Path) -> list[dict[str, Any]]:

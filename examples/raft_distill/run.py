@@ -45,7 +45,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from cgpo.studies import jsonl_objects, single_task
+from cgpo.studies import check_study_arguments, jsonl_objects, single_task
 
 HERE = Path(__file__).resolve().parent
 CONFIG = HERE / "config.yaml"
@@ -80,12 +80,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
             setattr(args, key, value)
     if args.seeds is None:
         args.seeds = [0, 1]
-    if any(seed < 0 for seed in args.seeds) or len(set(args.seeds)) != len(args.seeds):
-        parser.error(f"--seeds must be distinct non-negative integers, got {args.seeds}")
-    for flag in ("steps", "batch_size", "num_samples", "max_new_tokens", "max_eval_prompts", "threads"):
-        value = getattr(args, flag)
-        if value is not None and value < 1:
-            parser.error(f"--{flag.replace('_', '-')} must be at least 1, got {value}")
+    check_study_arguments(
+        parser, args, ("steps", "batch_size", "num_samples", "max_new_tokens", "max_eval_prompts", "threads")
+    )
     return args
 
 

@@ -38,7 +38,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from cgpo.studies import jsonl_objects, mcnemar_exact, paired_bootstrap
+from cgpo.studies import check_study_arguments, jsonl_objects, mcnemar_exact, paired_bootstrap
 
 HERE = Path(__file__).resolve().parent
 TRAIN = HERE / "train.yaml"
@@ -85,12 +85,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.smoke:
         args = parser.parse_args([*SMOKE, *(argv if argv is not None else sys.argv[1:])])
-    if any(seed < 0 for seed in args.seeds) or len(set(args.seeds)) != len(args.seeds):
-        parser.error(f"--seeds must be distinct non-negative integers, got {args.seeds}")
-    for flag in ("steps", "ifeval_prompts", "gsm8k_prompts", "max_new_tokens", "max_prompt_chars", "threads"):
-        value = getattr(args, flag)
-        if value is not None and value < 1:
-            parser.error(f"--{flag.replace('_', '-')} must be at least 1, got {value}")
+    check_study_arguments(
+        parser, args, ("steps", "ifeval_prompts", "gsm8k_prompts", "max_new_tokens", "max_prompt_chars", "threads")
+    )
     return args
 
 

@@ -18,13 +18,13 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
+from test_ddp import _free_port
 
 REPO = Path(__file__).resolve().parents[2]
 BATCH = 2  # prompts per task per process
@@ -140,12 +140,6 @@ evidence = {
 }
 (out / f"rank-{rank}.json").write_text(json.dumps(evidence))
 '''
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:  # other test runs on this machine may hold the default port 29500
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _run_config(
