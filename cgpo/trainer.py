@@ -708,4 +708,9 @@ def train(config: RunConfig, *, log: Log = print, fresh: bool = False) -> int:
         return 130
     finally:
         trainer.close()
+        # Leave the process group (accelerate's end_training does it only with trackers): left to interpreter
+        # shutdown, gloo's background threads now and then abort the process on exit (SIGABRT, "terminate
+        # called without an active exception"), seen in 2-process CPU runs.
+        if torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
     return 0

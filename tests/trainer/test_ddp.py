@@ -91,6 +91,11 @@ evidence = {
     "step": trainer.step,
 }
 (out / f"rank-{rank}.json").write_text(json.dumps(evidence))
+
+# Every process leaves the gloo group before it exits: left to interpreter shutdown, its background threads
+# can abort the process ("terminate called without an active exception", SIGABRT), now and then.
+if torch.distributed.is_initialized():
+    torch.distributed.destroy_process_group()
 '''
 
 
@@ -293,6 +298,11 @@ finally:
     trainer.close()
 evidence = {"resumed": resumed, "hashed": during_setup, "step": trainer.step, "log": lines}
 (Path(sys.argv[2]) / f"resume-{trainer.rank}.json").write_text(json.dumps(evidence))
+
+# Every process leaves the gloo group before it exits: left to interpreter shutdown, its background threads
+# can abort the process ("terminate called without an active exception", SIGABRT), now and then.
+if torch.distributed.is_initialized():
+    torch.distributed.destroy_process_group()
 """
 
 

@@ -139,6 +139,11 @@ evidence = {
     "step": trainer.step,
 }
 (out / f"rank-{rank}.json").write_text(json.dumps(evidence))
+
+# Every process leaves the gloo group before it exits: left to interpreter shutdown, its background threads
+# can abort the process ("terminate called without an active exception", SIGABRT), now and then.
+if torch.distributed.is_initialized():
+    torch.distributed.destroy_process_group()
 '''
 
 
