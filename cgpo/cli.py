@@ -51,6 +51,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
+def entry() -> None:
+    """The ``cgpo`` console script and ``python -m cgpo``: run :func:`main`, then end the process.
+
+    The process ends with main's status; after a distributed run without interpreter finalization
+    (:mod:`cgpo.distributed.shutdown` says why).
+    """
+    from cgpo.distributed.shutdown import exit_process
+
+    exit_process(main())
+
+
 def run_logged(argv: Sequence[str], log_file: str | Path) -> None:
     """Run ``cgpo ARGV`` in this process with its output in ``log_file``; for scripts that chain commands.
 

@@ -39,6 +39,7 @@ from cgpo.config import RunConfig, TaskConfig
 from cgpo.data import TaskSampler, encode_prompt, load_records
 from cgpo.distributed import checkpoint as sharded
 from cgpo.distributed import fsdp
+from cgpo.distributed.shutdown import leave_process_group
 from cgpo.errors import UserError
 from cgpo.judge_alarm import JudgeErrorAlarm, JudgeErrorAlarmStop
 from cgpo.metrics import MetricsWriter, PhaseTimer, Progress, RewardHackingMonitor
@@ -708,9 +709,7 @@ def train(config: RunConfig, *, log: Log = print, fresh: bool = False) -> int:
         return 130
     finally:
         trainer.close()
-        # Leave the process group (accelerate's end_training does it only with trackers): left to interpreter
-        # shutdown, gloo's background threads now and then abort the process on exit (SIGABRT, "terminate
-        # called without an active exception"), seen in 2-process CPU runs.
-        if torch.distributed.is_initialized():
-            torch.distributed.destroy_process_group()
+        # accelerate's end_training leaves the group only with trackers; the entry point then ends the process
+        # without interpreter finalization (cgpo.distributed.shutdown says why)
+        leave_process_group()
     return 0

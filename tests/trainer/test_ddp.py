@@ -92,10 +92,11 @@ evidence = {
 }
 (out / f"rank-{rank}.json").write_text(json.dumps(evidence))
 
-# Every process leaves the gloo group before it exits: left to interpreter shutdown, its background threads
-# can abort the process ("terminate called without an active exception", SIGABRT), now and then.
-if torch.distributed.is_initialized():
-    torch.distributed.destroy_process_group()
+# Ends as `cgpo train` does (cgpo.distributed.shutdown says why).
+from cgpo.distributed.shutdown import exit_process, leave_process_group  # noqa: E402
+
+leave_process_group()
+exit_process(0)
 '''
 
 
@@ -142,7 +143,7 @@ def _launcher_env(tmp_path: Path) -> dict[str, str]:
     """A clean launcher environment: no inherited ACCELERATE_* settings, and an empty HF_HOME so that no
     default accelerate config file (mixed precision, GPU ids, ...) changes what the flags ask for."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("ACCELERATE_")}
-    env.update(ACCELERATE_USE_CPU="true", HF_HOME=str(tmp_path / "hf-home"), PYTHONUNBUFFERED="1",
+    env.update(ACCELERATE_USE_CPU="true", HF_HOME=str(tmp_path / "hf-home"), PYTHONUNBUFFERED="1", PYTHONFAULTHANDLER="1",
                OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join(sys.path))  # fmt: skip
     return env
 
@@ -299,10 +300,11 @@ finally:
 evidence = {"resumed": resumed, "hashed": during_setup, "step": trainer.step, "log": lines}
 (Path(sys.argv[2]) / f"resume-{trainer.rank}.json").write_text(json.dumps(evidence))
 
-# Every process leaves the gloo group before it exits: left to interpreter shutdown, its background threads
-# can abort the process ("terminate called without an active exception", SIGABRT), now and then.
-if torch.distributed.is_initialized():
-    torch.distributed.destroy_process_group()
+# Ends as `cgpo train` does (cgpo.distributed.shutdown says why).
+from cgpo.distributed.shutdown import exit_process, leave_process_group  # noqa: E402
+
+leave_process_group()
+exit_process(0)
 """
 
 

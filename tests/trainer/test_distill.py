@@ -260,10 +260,11 @@ evidence = {"rank": trainer.rank, "wrapper": type(trainer.policy).__name__, "tea
             "initial": initial, "final": digest(trainer.unwrapped), "texts": texts}
 (Path(sys.argv[2]) / f"rank-{trainer.rank}.json").write_text(json.dumps(evidence))
 
-# Every process leaves the gloo group before it exits: left to interpreter shutdown, its background threads
-# can abort the process ("terminate called without an active exception", SIGABRT), now and then.
-if torch.distributed.is_initialized():
-    torch.distributed.destroy_process_group()
+# Ends as `cgpo train` does (cgpo.distributed.shutdown says why).
+from cgpo.distributed.shutdown import exit_process, leave_process_group  # noqa: E402
+
+leave_process_group()
+exit_process(0)
 '''
 
 

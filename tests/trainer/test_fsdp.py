@@ -140,10 +140,12 @@ evidence = {
 }
 (out / f"rank-{rank}.json").write_text(json.dumps(evidence))
 
-# Every process leaves the gloo group before it exits: left to interpreter shutdown, its background threads
-# can abort the process ("terminate called without an active exception", SIGABRT), now and then.
-if torch.distributed.is_initialized():
-    torch.distributed.destroy_process_group()
+# Ends as `cgpo train` does: FSDP2's gloo threads outlive the group, and tearing them down in interpreter
+# finalization now and then aborts the process (cgpo.distributed.shutdown).
+from cgpo.distributed.shutdown import exit_process, leave_process_group  # noqa: E402
+
+leave_process_group()
+exit_process(0)
 '''
 
 
@@ -179,7 +181,7 @@ logging: {{progress: none}}
 def _env(tmp_path: Path, **extra: str) -> dict[str, str]:
     # No inherited ACCELERATE_* settings, and an empty HF_HOME: no default accelerate config file applies.
     env = {k: v for k, v in os.environ.items() if not k.startswith(("ACCELERATE_", "FSDP_"))}
-    env.update(ACCELERATE_USE_CPU="true", HF_HOME=str(tmp_path / "hf-home"), PYTHONUNBUFFERED="1",
+    env.update(ACCELERATE_USE_CPU="true", HF_HOME=str(tmp_path / "hf-home"), PYTHONUNBUFFERED="1", PYTHONFAULTHANDLER="1",
                OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join(sys.path), **extra)  # fmt: skip
     return env
 
