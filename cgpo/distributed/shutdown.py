@@ -1,13 +1,14 @@
 """Ending a distributed process cleanly: leave the process group, then exit without interpreter finalization.
 
 Why not simply return from ``main``: after ``destroy_process_group`` the gloo process group of an FSDP2 run
-stays alive, held by the DeviceMesh that DTensor's sharding caches keep (its two ``pt_gloo_runloop`` worker
-threads and the ``gloo_tcp_loop`` thread are still running after the group is destroyed and ``gc`` has run).
+stays alive, held by the DeviceMesh (``_pg_registry``) that outlives the model: no Python object refers to
+the mesh once the model is gone, so something outside ``gc``'s view keeps it (DTensor's caches, probably). Its
+two ``pt_gloo_runloop`` worker threads and the ``gloo_tcp_loop`` thread still run after the group is destroyed.
 Its C++ threads are then torn down during interpreter finalization, and now and then that aborts the process
 ("terminate called without an active exception", SIGABRT, no Python frame on the stack), so a run that finished
 its work and wrote its checkpoint exits with -6 and the launcher reports a failure. Reproduced with torch 2.13
-and nothing of cgpo's (``fully_shard`` on two Linear layers, three AdamW steps, gloo, two processes): 1 in about
-30 runs; ``tests/trainer/test_shutdown.py`` checks that the threads outlive the group, so it says when a torch
+and nothing of cgpo's (``fully_shard`` on two Linear layers, three AdamW steps, gloo, two processes): 2 of 48
+runs; ``tests/trainer/test_shutdown.py`` checks that the threads outlive the group, so it says when a torch
 release frees them. Ending with ``os._exit`` after the output is flushed skips that teardown.
 
 Only the process entry points (``cgpo`` and ``python -m cgpo``) end this way: :func:`cgpo.cli.main` itself
